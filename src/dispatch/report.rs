@@ -1,0 +1,79 @@
+//! What a worker did, counted by the core and returned when the worker ends.
+
+use std::fmt;
+use std::ops::AddAssign;
+
+/// Counters of one worker (or, summed, of the whole server).
+///
+/// Invariant once every connection is closed: `bytes_read == bytes_written + bytes_dropped`.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub accepted: u64,
+    pub closed: u64,
+    /// Bytes read for echoing.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Bytes read but never written: lost to a peer error or to the drain deadline.
+    pub bytes_dropped: u64,
+    /// Bytes a peer sent after shutdown began, read only to close cleanly and not echoed.
+    pub bytes_discarded: u64,
+    /// Connections closed by the drain deadline.
+    pub deadline_closes: u64,
+    /// `accept` failures for lack of descriptors or memory.
+    pub accept_exhausted: u64,
+    /// Other `accept` failures that caused a back-off.
+    pub accept_failed: u64,
+    /// Times a connection stopped being read because its pending output reached the cap.
+    pub backpressure_pauses: u64,
+    /// The largest pending output any connection held.
+    pub max_pending: u64,
+    /// Descriptors the worker closed (filled in by the shell).
+    pub descriptors_closed: u64,
+}
+
+impl Report {
+    /// True when every byte read was either written or counted as dropped.
+    pub fn balances(&self) -> bool {
+        self.bytes_read == self.bytes_written + self.bytes_dropped
+    }
+}
+
+impl AddAssign for Report {
+    fn add_assign(&mut self, o: Report) {
+        self.accepted += o.accepted;
+        self.closed += o.closed;
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.bytes_dropped += o.bytes_dropped;
+        self.bytes_discarded += o.bytes_discarded;
+        self.deadline_closes += o.deadline_closes;
+        self.accept_exhausted += o.accept_exhausted;
+        self.accept_failed += o.accept_failed;
+        self.backpressure_pauses += o.backpressure_pauses;
+        self.max_pending = self.max_pending.max(o.max_pending);
+        self.descriptors_closed += o.descriptors_closed;
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} closed={} bytes_read={} bytes_written={} bytes_dropped={} bytes_discarded={} \
+             deadline_closes={} accept_exhausted={} accept_failed={} backpressure_pauses={} \
+             max_pending={} descriptors_closed={}",
+            self.accepted,
+            self.closed,
+            self.bytes_read,
+            self.bytes_written,
+            self.bytes_dropped,
+            self.bytes_discarded,
+            self.deadline_closes,
+            self.accept_exhausted,
+            self.accept_failed,
+            self.backpressure_pauses,
+            self.max_pending,
+            self.descriptors_closed
+        )
+    }
+}

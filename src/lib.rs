@@ -1,0 +1,18 @@
+//! epoll-echo: a Linux TCP echo server (RFC 862) with one `SO_REUSEPORT` listener, epoll instance and
+//! thread per worker.
+//!
+//! - [`dispatch`] is the pure core: it decides, and performs no I/O.
+//! - [`sys`] is the thin shell over epoll and sockets: it acts, and holds all the `unsafe`.
+//! - [`worker`] joins the two over the [`io::Io`] trait; [`Server`] starts, stops and joins workers.
+#![deny(unsafe_code)]
+
+pub mod dispatch;
+pub mod io;
+mod server;
+mod shutdown;
+mod sync;
+pub mod sys;
+pub mod worker;
+
+pub use dispatch::Report;
+pub use server::{Config, Server, StartError};

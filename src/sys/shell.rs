@@ -1,0 +1,94 @@
+//! The real network: one worker's epoll, listener and waker behind the [`Io`] trait.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{accept, read, shutdown_write, write, Epoll, Events, Interest, Waker};
+use crate::dispatch::{Readiness, Token};
+use crate::io::Io;
+
+/// Events fetched per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// A worker's descriptors. Dropping it closes the epoll instance (and the listener, if still open).
+pub struct EpollShell {
+    epoll: Epoll,
+    events: Events,
+    listener: Option<OwnedFd>,
+    waker: Arc<Waker>,
+}
+
+impl EpollShell {
+    /// Creates the epoll instance and registers the listener and the waker.
+    pub fn new(listener: OwnedFd, waker: Arc<Waker>) -> io::Result<EpollShell> {
+        let epoll = Epoll::new()?;
+        epoll.add(listener.as_raw_fd(), Token::LISTENER, Interest::ReadEdge)?;
+        epoll.add(waker.as_raw_fd(), Token::WAKER, Interest::ReadEdge)?;
+        Ok(EpollShell {
+            epoll,
+            events: Events::with_capacity(EVENTS_PER_WAIT),
+            listener: Some(listener),
+            waker,
+        })
+    }
+}
+
+impl Io for EpollShell {
+    type Socket = OwnedFd;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        mut on_event: impl FnMut(Token, Readiness),
+    ) -> io::Result<()> {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        self.epoll.wait(&mut self.events, timeout)?;
+        for (token, readiness) in self.events.iter() {
+            on_event(token, readiness);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) -> io::Result<OwnedFd> {
+        match &self.listener {
+            Some(l) => accept(l.as_raw_fd()),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    fn register(&mut self, sock: &OwnedFd, token: Token) -> io::Result<()> {
+        self.epoll.add(sock.as_raw_fd(), token, Interest::ConnEdge)
+    }
+
+    fn read(&mut self, sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+        read(sock.as_raw_fd(), buf)
+    }
+
+    fn write(&mut self, sock: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+        write(sock.as_raw_fd(), buf)
+    }
+
+    fn shutdown_write(&mut self, sock: &OwnedFd) {
+        // The peer may already be gone; the next read or the deadline closes the connection then.
+        let _ = shutdown_write(sock.as_raw_fd());
+    }
+
+    fn close(&mut self, sock: OwnedFd) {
+        // Closing also removes it from the epoll set: it is never dup'ed.
+        drop(sock);
+    }
+
+    fn close_listener(&mut self) {
+        self.listener = None;
+    }
+
+    fn clear_wake(&mut self) {
+        self.waker.drain();
+    }
+}

@@ -1,0 +1,158 @@
+//! TCP socket calls: the listener, accept, read, write, shutdown.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::syscall;
+
+/// Pending connections the kernel may queue per listener.
+const BACKLOG: libc::c_int = 1024;
+
+/// A non-blocking, close-on-exec TCP listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
+/// that every worker can bind its own listener to the same port.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = syscall!(socket(
+        family,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    // SAFETY: socket just returned this descriptor and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the family of the socket.
+    syscall!(bind(
+        sock.as_raw_fd(),
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len
+    ))?;
+    // SAFETY: listen on a bound socket we own.
+    syscall!(listen(sock.as_raw_fd(), BACKLOG))?;
+    Ok(sock)
+}
+
+/// Accepts one connection: non-blocking, close-on-exec, with Nagle's delay off (echoes are small
+/// and latency-bound).
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: null address pointers are allowed; `listener` is an open listening socket.
+    let fd = syscall!(accept4(
+        listener,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        flags
+    ))?;
+    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Best effort: a connection without it still echoes correctly.
+    let _ = set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY);
+    Ok(sock)
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
+}
+
+/// Writes with `MSG_NOSIGNAL`: a closed peer yields `EPIPE`, never `SIGPIPE`.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call.
+    syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
+}
+
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes no pointers; a stale descriptor only yields an error.
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
+fn set_flag(sock: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    syscall!(setsockopt(
+        sock.as_raw_fd(),
+        level,
+        name,
+        (&one as *const libc::c_int).cast(),
+        len
+    ))
+    .map(drop)
+}
+
+fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero bytes are a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn two_listeners_share_one_port() {
+        let first = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = TcpListener::from(first.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let second = bind_listener(addr);
+        assert!(
+            second.is_ok(),
+            "SO_REUSEPORT listener could not share {addr}: {second:?}"
+        );
+    }
+
+    #[test]
+    fn a_port_held_without_reuseport_is_refused() {
+        let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind_listener(plain.local_addr().unwrap()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    #[test]
+    fn ipv6_loopback_binds() {
+        // Machines without IPv6 cannot run this check; everything else must bind.
+        match bind_listener("[::1]:0".parse().unwrap()) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}"),
+        }
+    }
+}

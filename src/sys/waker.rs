@@ -1,0 +1,52 @@
+//! The wake-up channel: an eventfd. A wake is a counter increment, so it stays pending until the worker
+//! drains it and can never be lost, even if it comes before the worker first waits.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::syscall;
+
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: eventfd just returned this descriptor and nothing else owns it.
+        Ok(Waker {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Makes the eventfd readable. Safe from any thread.
+    pub fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        loop {
+            // SAFETY: writes 8 bytes from a live u64 to an open eventfd.
+            match syscall!(write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8)) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The counter is saturated: a wake-up is already pending.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resets the counter so the next wake raises a new edge.
+    pub fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an open eventfd. Would-block means nothing to drain.
+        let _ = syscall!(read(
+            self.fd.as_raw_fd(),
+            (&mut value as *mut u64).cast(),
+            8
+        ));
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
