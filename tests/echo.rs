@@ -151,21 +151,28 @@ fn half_close_returns_every_byte_then_eof() {
 }
 
 #[test]
-fn half_close_while_output_is_pending_flushes_it_all() {
+fn eof_while_output_is_pending_flushes_it_all_before_closing() {
+    // Far more than the kernel buffers of the way back (the client's unread receive buffer does
+    // not grow), far less than the cap: the server reads everything and our FIN while holding
+    // megabytes it could not write yet.
+    const LEN: usize = 12 << 20;
     let mut server_config = config(1);
-    server_config.max_pending = SMALL_CAP;
+    server_config.max_pending = 16 << 20;
     let server = start(server_config);
     let mut stream = connect(server.local_addr());
-    let data = payload(13, 16 << 20);
+    let data = payload(13, LEN);
 
-    // The server is paused at its cap with output pending when our FIN arrives.
-    let sent = write_until_stalled(&mut stream, &data, STALL);
+    write_chunked(&mut stream, &data, &mut Rng::new(13), 256 * 1024);
     stream.shutdown(Shutdown::Write).expect("half-close");
     let back = read_to_eof(&mut stream);
-    assert_eq!(back.len(), sent, "echoed length");
-    assert!(back == data[..sent], "echo differs from input");
+    assert_eq!(back.len(), LEN, "echoed length");
+    assert!(back == data, "echo differs from input");
 
     let report = stop(server);
+    assert!(
+        report.max_pending > 0,
+        "the server never held output: {report}"
+    );
     assert_eq!(report.bytes_dropped, 0, "{report}");
     assert!(report.balances(), "{report}");
 }
