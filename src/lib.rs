@@ -6,6 +6,15 @@
 //! - [`worker`] joins the two over the [`io::Io`] trait; [`Server`] starts, stops and joins workers.
 #![deny(unsafe_code)]
 
+/// Logs one line to stderr, best effort: `eprintln!` panics when stderr is closed or full, and
+/// nothing in the environment may stop a worker.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod dispatch;
 pub mod io;
 mod server;

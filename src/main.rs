@@ -50,6 +50,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))
 }
 
+/// Logs one line to stderr, best effort: `eprintln!` panics when stderr is closed or full.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -61,7 +68,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("epoll-echo: {}", first.trim_start_matches("error: "));
+            log!("epoll-echo: {}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -81,37 +88,42 @@ fn main() -> ExitCode {
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     if let Err(e) = signals.thread_block() {
-        eprintln!("epoll-echo: cannot block signals: {e}");
+        log!("epoll-echo: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
 
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("epoll-echo: {e}");
+            log!("epoll-echo: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!(
+    let listening = format!(
         "epoll-echo: listening on {} with {} workers",
         server.local_addr(),
         server.workers()
     );
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{listening}").and_then(|()| stdout.flush()) {
+        // Keep serving; the address still reaches the log.
+        log!("{listening} (cannot write to stdout: {e})");
+    }
+    drop(stdout);
 
     match signals.wait() {
         Ok(signal) => {
-            eprintln!("epoll-echo: {signal}: stopping gracefully (send it again to exit at once)")
+            log!("epoll-echo: {signal}: stopping gracefully (send it again to exit at once)")
         }
-        Err(e) => eprintln!("epoll-echo: waiting for signals failed ({e}); stopping"),
+        Err(e) => log!("epoll-echo: waiting for signals failed ({e}); stopping"),
     }
     std::thread::spawn(move || {
         if let Ok(signal) = signals.wait() {
-            eprintln!("epoll-echo: {signal} again: exiting at once");
+            log!("epoll-echo: {signal} again: exiting at once");
             std::process::exit(128 + signal as i32);
         }
     });
     let report = server.stop();
-    eprintln!("epoll-echo: stopped: {report}");
+    log!("epoll-echo: stopped: {report}");
     ExitCode::SUCCESS
 }

@@ -78,7 +78,7 @@ struct WorkerWaker(Arc<Waker>);
 impl Wake for WorkerWaker {
     fn wake(&self) {
         if let Err(e) = self.0.wake() {
-            eprintln!("epoll-echo: cannot wake a worker: {e}");
+            log!("epoll-echo: cannot wake a worker: {e}");
         }
     }
 }
@@ -90,11 +90,11 @@ impl Join for WorkerThread {
         match self.0.join() {
             Ok(Ok(report)) => Some(report),
             Ok(Err(e)) => {
-                eprintln!("epoll-echo: a worker failed: {e}");
+                log!("epoll-echo: a worker failed: {e}");
                 None
             }
             Err(_) => {
-                eprintln!("epoll-echo: a worker panicked");
+                log!("epoll-echo: a worker panicked");
                 None
             }
         }

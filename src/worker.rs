@@ -42,7 +42,7 @@ pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
                             .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL)
                         {
                             last_accept_log = Some(now);
-                            eprintln!("epoll-echo: accept failed ({kind:?}); backing off, existing connections still served");
+                            log!("epoll-echo: accept failed ({kind:?}); backing off, existing connections still served");
                         }
                     }
                     core.handle_accept(outcome);
