@@ -2,6 +2,7 @@
 //! for each bad flag or a port in use, the bound address on start, and a graceful exit 0 on
 //! SIGTERM or SIGINT (at once on a second signal).
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,19 +37,40 @@ fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
     receive
 }
 
+/// A device on which every write fails (`ENOSPC`).
+fn dev_full() -> Stdio {
+    Stdio::from(
+        File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full"),
+    )
+}
+
+/// A channel that is already disconnected.
+fn no_lines() -> Receiver<String> {
+    mpsc::channel().1
+}
+
 impl Running {
     fn spawn(args: &[&str]) -> Running {
+        Running::spawn_with(args, Stdio::piped(), Stdio::piped())
+    }
+
+    /// Like `spawn`, with the given stdout and stderr; a channel of a stream not piped here simply
+    /// stays empty.
+    fn spawn_with(args: &[&str], stdout: Stdio, stderr: Stdio) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_epoll-echo"))
             .args(args)
             // A panic would print a backtrace; the tests check that none does.
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("run the epoll-echo binary");
-        let stdout = lines(child.stdout.take().expect("piped stdout"));
-        let stderr = lines(child.stderr.take().expect("piped stderr"));
+        let stdout = child.stdout.take().map_or_else(no_lines, lines);
+        let stderr = child.stderr.take().map_or_else(no_lines, lines);
         Running {
             child,
             stdout,
@@ -62,18 +84,7 @@ impl Running {
             .stdout
             .recv_timeout(TIMEOUT)
             .expect("the server prints its address on start");
-        let rest = line
-            .strip_prefix("epoll-echo: listening on ")
-            .unwrap_or_else(|| panic!("unexpected start-up line: {line}"));
-        let (addr, workers) = rest
-            .split_once(" with ")
-            .unwrap_or_else(|| panic!("unexpected start-up line: {line}"));
-        let addr = addr.parse().expect("a socket address");
-        let workers = workers
-            .strip_suffix(" workers")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected start-up line: {line}"));
-        (addr, workers)
+        parse_listening(&line)
     }
 
     fn signal(&self, signal: Signal) {
@@ -126,6 +137,22 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The address and worker count from a start-up line.
+fn parse_listening(line: &str) -> (SocketAddr, usize) {
+    let unexpected = || -> ! { panic!("unexpected start-up line: {line}") };
+    let rest = line
+        .split_once("epoll-echo: listening on ")
+        .map_or_else(|| unexpected(), |(_, rest)| rest);
+    let (addr, workers) = rest.split_once(" with ").unwrap_or_else(|| unexpected());
+    let addr = addr.parse().unwrap_or_else(|_| unexpected());
+    let workers = workers
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| unexpected());
+    (addr, workers)
 }
 
 fn assert_no_panic(stderr: &[String]) {
@@ -303,4 +330,48 @@ fn the_default_worker_count_is_the_cpu_count() {
     server.signal(Signal::SIGTERM);
     let (status, _, stderr) = server.exit();
     assert_eq!(status.code(), Some(0), "{stderr:?}");
+}
+
+/// One echo round trip on a fresh connection.
+fn echo_once(addr: SocketAddr) {
+    let mut client = TcpStream::connect(addr).expect("connect");
+    client
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("set read timeout");
+    client.write_all(b"ping").expect("send");
+    client.shutdown(Shutdown::Write).expect("half-close");
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).expect("read the echo");
+    assert_eq!(echoed, b"ping");
+}
+
+#[test]
+fn an_unwritable_stdout_does_not_stop_the_server() {
+    // The start-up line cannot be printed, so it goes to the log instead; serving goes on.
+    let server = Running::spawn_with(
+        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        dev_full(),
+        Stdio::piped(),
+    );
+    let (addr, _) = parse_listening(&server.stderr_line_with("listening on"));
+    echo_once(addr);
+    server.signal(Signal::SIGTERM);
+    let (status, _, stderr) = server.exit();
+    assert_eq!(status.code(), Some(0), "{stderr:?}");
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn an_unwritable_stderr_does_not_stop_the_server() {
+    let server = Running::spawn_with(
+        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        Stdio::piped(),
+        dev_full(),
+    );
+    let (addr, _) = server.listening();
+    echo_once(addr);
+    server.signal(Signal::SIGTERM);
+    // A panic while logging would end the process with 101 instead.
+    let (status, _, _) = server.exit();
+    assert_eq!(status.code(), Some(0));
 }
