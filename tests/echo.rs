@@ -335,3 +335,41 @@ fn a_flooding_connection_does_not_starve_another() {
     let report = stop(server);
     assert!(report.balances(), "{report}");
 }
+
+#[test]
+fn reused_descriptors_never_mix_up_connections() {
+    // Closed connections' descriptors are reused at once by new ones; each must get exactly its
+    // own bytes, and a long-lived connection on the same worker must be unaffected.
+    const CYCLES: u64 = 200;
+    let server = start(config(1));
+    let addr = server.local_addr();
+    let mut steady = connect(addr);
+    for seed in 0..CYCLES {
+        let mut a = connect(addr);
+        let mut b = connect(addr);
+        let (data_a, data_b) = (payload(seed, 700), payload(seed + CYCLES, 900));
+        write_chunked(&mut a, &data_a, &mut Rng::new(seed), 300);
+        write_chunked(&mut b, &data_b, &mut Rng::new(seed), 300);
+        let back_b = read_exact_chunked(&mut b, data_b.len(), &mut Rng::new(seed), 300);
+        drop(b);
+        let back_a = read_exact_chunked(&mut a, data_a.len(), &mut Rng::new(seed), 300);
+        assert!(
+            back_a == data_a && back_b == data_b,
+            "cycle {seed}: echo mixed up"
+        );
+        if seed % 20 == 0 {
+            let data = payload(seed + 2 * CYCLES, 100);
+            write_chunked(&mut steady, &data, &mut Rng::new(seed), 100);
+            let back = read_exact_chunked(&mut steady, data.len(), &mut Rng::new(seed), 100);
+            assert!(
+                back == data,
+                "cycle {seed}: long-lived connection disturbed"
+            );
+        }
+    }
+    drop(steady);
+    let report = stop(server);
+    assert_eq!(report.accepted, 2 * CYCLES + 1, "{report}");
+    assert_eq!(report.closed, report.accepted, "{report}");
+    assert!(report.balances(), "{report}");
+}
