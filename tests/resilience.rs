@@ -183,10 +183,9 @@ fn a_peer_that_does_not_read_costs_at_most_the_cap_and_loses_nothing() {
         "the writer never blocked"
     );
     let stalled = server.rss();
-    let stats = server.stats();
     assert!(
-        stats["backpressure_pauses"] >= 1,
-        "the server never paused: {stats:?}"
+        eventually(|| server.stats()["backpressure_pauses"] >= 1),
+        "the server never paused"
     );
     let growth = stalled.saturating_sub(baseline);
     println!(
@@ -335,9 +334,16 @@ fn at_max_conns_new_connections_are_closed_and_counted_until_one_leaves() {
     for s in &mut held {
         assert!(echoes(s, b"still served"));
     }
-    let stats = server.stats();
+    // Counters are published once per worker turn: they may lag the socket by one turn.
+    let mut stats = server.stats();
+    assert!(
+        eventually(|| {
+            stats = server.stats();
+            stats["rejected"] >= 1
+        }),
+        "no rejection counted: {stats:?}"
+    );
     assert_eq!(stats["active"], 3);
-    assert!(stats["rejected"] >= 1);
 
     drop(held.pop());
     assert!(
@@ -412,8 +418,7 @@ fn ten_thousand_concurrent_connections_all_echo_in_little_memory() {
             "connection {i} echoed wrong bytes"
         );
     }
-    let stats = server.stats();
-    assert_eq!(stats["active"], CONNS as u64);
+    assert!(eventually(|| server.stats()["active"] == CONNS as u64));
     let rss = server.rss();
     let per_conn = rss.saturating_sub(baseline) / CONNS as u64;
     println!("{CONNS} idle connections: server RSS {baseline} -> {rss}, {per_conn} bytes each");
