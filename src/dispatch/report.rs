@@ -118,3 +118,43 @@ impl fmt::Display for Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_accept_failure_kind_has_its_own_counter() {
+        let mut r = Report::default();
+        *r.accept_exhausted_by_kind(ResourceError::ProcessDescriptors) += 1;
+        *r.accept_exhausted_by_kind(ResourceError::SystemDescriptors) += 2;
+        *r.accept_exhausted_by_kind(ResourceError::Buffers) += 3;
+        *r.accept_exhausted_by_kind(ResourceError::Memory) += 4;
+        let kinds = (
+            r.accept_emfile,
+            r.accept_enfile,
+            r.accept_enobufs,
+            r.accept_enomem,
+        );
+        assert_eq!(kinds, (1, 2, 3, 4));
+    }
+
+    #[test]
+    fn sums_and_shows_the_resilience_counters() {
+        let one = Report {
+            accepted: 5,
+            closed: 2,
+            idle_closes: 1,
+            rejected: 3,
+            accept_emfile: 4,
+            ..Report::default()
+        };
+        let mut total = one;
+        total += one;
+        assert_eq!(total.active(), 6);
+        let text = total.to_string();
+        for field in ["idle_closes=2", "rejected=6", "accept_emfile=8"] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+    }
+}
