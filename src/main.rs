@@ -136,7 +136,10 @@ fn main() -> ExitCode {
 fn wait_for_stop(signals: &SigSet, stats: &LiveStats) -> nix::Result<Signal> {
     loop {
         match signals.wait()? {
-            Signal::SIGUSR1 => eprintln!("{}", StatsLines(&stats.per_worker())),
+            Signal::SIGUSR1 => {
+                // Best effort: a closed stderr must not take the server down.
+                let _ = writeln!(std::io::stderr(), "{}", StatsLines(&stats.per_worker()));
+            }
             signal => return Ok(signal),
         }
     }
