@@ -17,11 +17,14 @@ macro_rules! log {
 
 pub mod dispatch;
 pub mod io;
+pub mod limit;
 mod server;
 mod shutdown;
+pub mod stats;
 mod sync;
 pub mod sys;
 pub mod worker;
 
 pub use dispatch::Report;
 pub use server::{Config, Server, StartError};
+pub use stats::LiveStats;

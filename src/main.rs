@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use epoll_echo::{Config, Server};
+use epoll_echo::stats::StatsLines;
+use epoll_echo::{Config, LiveStats, Server};
 use nix::sys::signal::{SigSet, Signal};
 
 /// A Linux epoll TCP echo server: every byte received is sent back on the same connection.
@@ -34,6 +35,15 @@ struct Cli {
     /// How long a graceful stop may flush before closing what remains (e.g. 5s, 500ms)
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+
+    /// Most connections open at once over all workers; at the limit new ones are accepted and
+    /// closed at once (counted as rejected) [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    max_conns: Option<u64>,
+
+    /// Close connections with no traffic in either direction for this long (e.g. 60s; 0 = never)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    idle_timeout: Duration,
 }
 
 /// Parses `500ms`, `5s` or a bare number of seconds (fractions allowed).
@@ -76,17 +86,22 @@ fn main() -> ExitCode {
         addr: SocketAddr::new(cli.bind, cli.port),
         max_pending: cli.max_pending as usize,
         drain_timeout: cli.drain_timeout,
+        max_conns: cli
+            .max_conns
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        idle_timeout: (!cli.idle_timeout.is_zero()).then_some(cli.idle_timeout),
         ..Config::default()
     };
     if let Some(n) = cli.max_listeners {
         config.workers = n as usize;
     }
 
-    // Block the stop signals before any worker exists so every thread inherits the mask and the
-    // signals are only ever taken by `wait` below.
+    // Block the stop signals (and SIGUSR1, the counters request) before any worker exists so every
+    // thread inherits the mask and the signals are only ever taken by `wait` below.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGUSR1);
     if let Err(e) = signals.thread_block() {
         log!("epoll-echo: cannot block signals: {e}");
         return ExitCode::FAILURE;
@@ -111,14 +126,15 @@ fn main() -> ExitCode {
     }
     drop(stdout);
 
-    match signals.wait() {
+    let stats = server.live_stats();
+    match wait_for_stop(&signals, &stats) {
         Ok(signal) => {
             log!("epoll-echo: {signal}: stopping gracefully (send it again to exit at once)")
         }
         Err(e) => log!("epoll-echo: waiting for signals failed ({e}); stopping"),
     }
     std::thread::spawn(move || {
-        if let Ok(signal) = signals.wait() {
+        if let Ok(signal) = wait_for_stop(&signals, &stats) {
             log!("epoll-echo: {signal} again: exiting at once");
             std::process::exit(128 + signal as i32);
         }
@@ -126,4 +142,17 @@ fn main() -> ExitCode {
     let report = server.stop();
     log!("epoll-echo: stopped: {report}");
     ExitCode::SUCCESS
+}
+
+/// Waits for a stop signal, printing the live counters on each `SIGUSR1` meanwhile.
+fn wait_for_stop(signals: &SigSet, stats: &LiveStats) -> nix::Result<Signal> {
+    loop {
+        match signals.wait()? {
+            Signal::SIGUSR1 => {
+                // Best effort: a closed stderr must not take the server down.
+                let _ = writeln!(std::io::stderr(), "{}", StatsLines(&stats.per_worker()));
+            }
+            signal => return Ok(signal),
+        }
+    }
 }

@@ -10,9 +10,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::dispatch::{self, Report};
+use crate::limit::ConnLimit;
 use crate::shutdown::{Coordinator, Join, Wake};
+use crate::stats::{LiveStats, WorkerStats};
 use crate::sys::{bind_listener, EpollShell, Waker};
-use crate::worker;
+use crate::worker::{self, Shared};
 
 /// How to run the server.
 #[derive(Clone, Debug)]
@@ -25,6 +27,11 @@ pub struct Config {
     pub max_pending: usize,
     /// How long a graceful stop may spend flushing.
     pub drain_timeout: Duration,
+    /// Most connections open at once, over all workers; at the limit a new connection is accepted
+    /// and closed at once and counted as rejected (`None`: no limit).
+    pub max_conns: Option<usize>,
+    /// Close connections with no traffic in either direction for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -35,6 +42,8 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_pending: core.max_pending,
             drain_timeout: core.drain_timeout,
+            max_conns: None,
+            idle_timeout: core.idle_timeout,
         }
     }
 }
@@ -105,6 +114,7 @@ impl Join for WorkerThread {
 pub struct Server {
     local_addr: SocketAddr,
     workers: usize,
+    stats: LiveStats,
     coordinator: Coordinator<WorkerWaker, WorkerThread>,
 }
 
@@ -117,6 +127,16 @@ impl Server {
         if config.max_pending == 0 {
             return Err(StartError::InvalidConfig(
                 "max pending bytes must be at least 1",
+            ));
+        }
+        if config.max_conns == Some(0) {
+            return Err(StartError::InvalidConfig(
+                "max connections must be at least 1",
+            ));
+        }
+        if config.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(StartError::InvalidConfig(
+                "an idle timeout must be non-zero",
             ));
         }
         let bind = |addr| bind_listener(addr).map_err(|source| StartError::Bind { addr, source });
@@ -135,14 +155,22 @@ impl Server {
         let core = dispatch::Config {
             max_pending: config.max_pending,
             drain_timeout: config.drain_timeout,
+            idle_timeout: config.idle_timeout,
             ..dispatch::Config::default()
         };
+        let limit = config.max_conns.map(|n| Arc::new(ConnLimit::new(n)));
+        let mut stats = Vec::with_capacity(shells.len());
         let mut workers = Vec::with_capacity(shells.len());
         for (i, (waker, mut shell)) in shells.into_iter().enumerate() {
             let core = core.clone();
+            let shared = Shared {
+                stats: Some(Arc::new(WorkerStats::default())),
+                limit: limit.clone(),
+            };
+            stats.extend(shared.stats.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("epoll-echo-{i}"))
-                .spawn(move || worker::run(&mut shell, core));
+                .spawn(move || worker::run_with(&mut shell, core, &shared));
             match spawned {
                 Ok(handle) => workers.push((WorkerWaker(waker), WorkerThread(handle))),
                 Err(e) => {
@@ -155,6 +183,7 @@ impl Server {
         Ok(Server {
             local_addr,
             workers: config.workers,
+            stats: LiveStats::new(stats),
             coordinator: Coordinator::new(workers),
         })
     }
@@ -167,6 +196,11 @@ impl Server {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// Live counters of every worker, readable while the server runs (and after it stopped).
+    pub fn live_stats(&self) -> LiveStats {
+        self.stats.clone()
     }
 
     /// Gracefully stops: every worker stops accepting, flushes within the drain deadline, closes all

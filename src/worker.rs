@@ -2,21 +2,43 @@
 //! outcomes back; until the core says shutdown is complete.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
     self, AcceptOutcome, Action, Dispatcher, ReadOutcome, Report, Token, WriteOutcome,
 };
 use crate::io::Io;
+use crate::limit::ConnLimit;
+use crate::stats::WorkerStats;
 
 /// Least time between two log lines about failing accepts.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a worker shares with the rest of the server.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    /// Where the worker publishes its counters once per loop turn.
+    pub stats: Option<Arc<WorkerStats>>,
+    /// The server-wide connection limit.
+    pub limit: Option<Arc<ConnLimit>>,
+}
+
 /// Runs one worker until it is woken for shutdown and has drained. Returns its report; an error only
 /// when waiting for events itself fails, which no peer can cause.
 pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
+    run_with(io, config, &Shared::default())
+}
+
+/// [`run`], publishing counters and keeping the connection limit in `shared`.
+pub fn run_with<I: Io>(
+    io: &mut I,
+    config: dispatch::Config,
+    shared: &Shared,
+) -> io::Result<Report> {
     let mut core = Dispatcher::new(config, io.now());
     let mut descriptors_closed = 0;
+    let mut rejected = 0;
     let mut last_accept_log: Option<Instant> = None;
     loop {
         let mut woken = false;
@@ -35,7 +57,18 @@ pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
         while let Some(action) = core.poll_action() {
             match action {
                 Action::Accept => {
-                    let outcome = AcceptOutcome::from_result(io.accept());
+                    let mut outcome = AcceptOutcome::from_result(io.accept());
+                    if let (AcceptOutcome::Accepted(_), Some(limit)) = (&outcome, &shared.limit) {
+                        if !limit.try_acquire() {
+                            // At --max-conns: close at once and keep draining the backlog.
+                            if let AcceptOutcome::Accepted(sock) = outcome {
+                                io.close(sock);
+                            }
+                            descriptors_closed += 1;
+                            rejected += 1;
+                            outcome = AcceptOutcome::Aborted;
+                        }
+                    }
                     if let AcceptOutcome::Exhausted(kind) = &outcome {
                         let now = io.now();
                         if last_accept_log
@@ -65,6 +98,9 @@ pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
                 Action::Close(sock) => {
                     io.close(sock);
                     descriptors_closed += 1;
+                    if let Some(limit) = &shared.limit {
+                        limit.release();
+                    }
                 }
                 Action::CloseListener => {
                     io.close_listener();
@@ -72,9 +108,13 @@ pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
                 }
             }
         }
+        let mut report = core.report();
+        report.descriptors_closed = descriptors_closed;
+        report.rejected = rejected;
+        if let Some(stats) = &shared.stats {
+            stats.publish(&report);
+        }
         if core.is_finished() {
-            let mut report = core.report();
-            report.descriptors_closed = descriptors_closed;
             return Ok(report);
         }
     }

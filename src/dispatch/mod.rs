@@ -30,19 +30,27 @@
 //! - **Accept failures** for lack of resources stop accepting until a back-off timer (growing, capped
 //!   at [`MAX_ACCEPT_BACKOFF`]) fires or a connection of this worker closes, then retry even without a
 //!   new edge, since connections may be waiting in the backlog.
+//! - **Idle timeout** (optional). A connection with no bytes read or written for the timeout is
+//!   closed, its pending bytes counted as dropped. Each connection keeps a coarse `u32` tick of its
+//!   last activity and one sweep per tick finds the expired ones (see [`idle`]), so the deadline the
+//!   shell waits for is one per worker, not one per connection.
 //! - **Shutdown.** Close the listener, stop echoing new input, flush what was read, shut the write side,
 //!   then read and discard until the peer closes (a close with unread input would send RST and could
 //!   destroy echoed bytes still in flight), all bounded by the drain deadline, at which whatever remains
 //!   is closed and its pending bytes counted as dropped.
 
+mod idle;
 mod io;
 mod outbuf;
 mod report;
 mod token;
 
 #[cfg(test)]
+mod idle_tests;
+#[cfg(test)]
 mod tests;
 
+use idle::IdleClock;
 pub use io::{AcceptOutcome, Action, ReadOutcome, Readiness, ResourceError, WriteOutcome};
 pub use outbuf::OutBuf;
 pub use report::Report;
@@ -69,6 +77,8 @@ pub struct Config {
     pub reads_per_turn: u32,
     /// Accepts in one listener turn.
     pub accepts_per_turn: u32,
+    /// Close connections silent in both directions for this long (`None`: never; must be non-zero).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -79,6 +89,7 @@ impl Default for Config {
             scratch_len: 64 * 1024,
             reads_per_turn: 16,
             accepts_per_turn: 64,
+            idle_timeout: None,
         }
     }
 }
@@ -104,10 +115,12 @@ struct Conn<S> {
     failed: bool,
     /// The connection's token is in the ready queue.
     queued: bool,
+    /// Idle-clock tick of the last byte read or written (0 when there is no idle timeout).
+    last_active: u32,
 }
 
 impl<S> Conn<S> {
-    fn new(sock: S) -> Self {
+    fn new(sock: S, last_active: u32) -> Self {
         Conn {
             sock,
             pending: OutBuf::default(),
@@ -119,6 +132,7 @@ impl<S> Conn<S> {
             write_shut: false,
             failed: false,
             queued: false,
+            last_active,
         }
     }
 }
@@ -181,6 +195,10 @@ pub struct Dispatcher<S> {
     listener: Listener,
     /// Set once shutdown began: when the drain must end.
     drain_deadline: Option<Instant>,
+    /// Present when an idle timeout is configured.
+    idle: Option<IdleClock>,
+    /// When to sweep for idle connections next; `None` while there is nothing to sweep.
+    next_sweep: Option<Instant>,
     report: Report,
 }
 
@@ -192,6 +210,7 @@ impl<S> Dispatcher<S> {
             "buffers must be non-empty"
         );
         let scratch = vec![0; config.scratch_len].into_boxed_slice();
+        let idle = config.idle_timeout.map(|t| IdleClock::new(t, now));
         Dispatcher {
             config,
             now,
@@ -213,20 +232,25 @@ impl<S> Dispatcher<S> {
                 next_backoff: MIN_ACCEPT_BACKOFF,
             },
             drain_deadline: None,
+            idle,
+            next_sweep: None,
             report: Report::default(),
         }
     }
 
     // ----- inputs -----
 
-    /// Advances the core's clock; expires the accept back-off and the drain deadline. Call it after
-    /// every wait, before the events.
+    /// Advances the core's clock; expires the accept back-off, idle connections and the drain
+    /// deadline. Call it after every wait, before the events.
     pub fn handle_time(&mut self, now: Instant) {
         self.now = now;
         if self.listener.backoff_until.is_some_and(|t| now >= t) {
             self.listener.backoff_until = None;
             // Retry without waiting for a new edge: the backlog may hold connections.
             self.queue_listener();
+        }
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.close_idle();
         }
         if self.drain_deadline.is_some_and(|t| now >= t) {
             self.close_all_at_deadline();
@@ -295,8 +319,9 @@ impl<S> Dispatcher<S> {
             }
             AcceptOutcome::WouldBlock => self.listener.ready = false,
             AcceptOutcome::Interrupted | AcceptOutcome::Aborted => {}
-            AcceptOutcome::Exhausted(_) => {
+            AcceptOutcome::Exhausted(kind) => {
                 self.report.accept_exhausted += 1;
+                *self.report.accept_exhausted_by_kind(kind) += 1;
                 self.back_off_accepting();
             }
             AcceptOutcome::Failed => {
@@ -329,6 +354,7 @@ impl<S> Dispatcher<S> {
         match outcome {
             ReadOutcome::Data(n) => {
                 assert!(n > 0 && n <= asked, "read returned {n} of {asked} bytes");
+                conn.last_active = self.idle.map_or(0, |c| c.tick(self.now));
                 if n < asked && !conn.peer_finished {
                     // A short read emptied the socket; more input raises a new edge.
                     conn.readable = false;
@@ -386,6 +412,9 @@ impl<S> Dispatcher<S> {
             }
         };
         self.report.bytes_written += written as u64;
+        if written > 0 {
+            conn.last_active = self.idle.map_or(0, |c| c.tick(self.now));
+        }
         if written < offered {
             conn.writable = false;
         }
@@ -452,10 +481,14 @@ impl<S> Dispatcher<S> {
         if !self.ready.is_empty() || !self.actions.is_empty() {
             return Some(self.now);
         }
-        [self.listener.backoff_until, self.drain_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.listener.backoff_until,
+            self.drain_deadline,
+            self.next_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// True once shutdown completed: listener closed and every connection closed.
@@ -559,8 +592,12 @@ impl<S> Dispatcher<S> {
             }
         };
         let entry = &mut self.slots[slot as usize];
-        entry.conn = Some(Conn::new(sock));
+        let tick = self.idle.map_or(0, |c| c.tick(self.now));
+        entry.conn = Some(Conn::new(sock, tick));
         self.active += 1;
+        if let Some(clock) = self.idle {
+            self.next_sweep.get_or_insert(self.now + clock.period());
+        }
         Token::conn(slot, entry.generation)
     }
 
@@ -588,6 +625,22 @@ impl<S> Dispatcher<S> {
                 self.close(Token::conn(slot as u32, self.slots[slot].generation));
             }
         }
+    }
+
+    /// Closes every connection silent for the idle timeout; schedules the next sweep.
+    fn close_idle(&mut self) {
+        let Some(clock) = self.idle else { return };
+        for slot in 0..self.slots.len() {
+            let expired = self.slots[slot]
+                .conn
+                .as_ref()
+                .is_some_and(|c| clock.expired(c.last_active, self.now));
+            if expired {
+                self.report.idle_closes += 1;
+                self.close(Token::conn(slot as u32, self.slots[slot].generation));
+            }
+        }
+        self.next_sweep = (self.active > 0).then(|| self.now + clock.period());
     }
 
     fn back_off_accepting(&mut self) {

@@ -1,0 +1,434 @@
+//! Resilience on real sockets against the server binary run as a child process: descriptor
+//! exhaustion, descriptor leaks under churn and resets, memory under a slow reader, shutdown while
+//! streaming, idle timeout, connection limit, the drain deadline, and 10,000 concurrent connections.
+//!
+//! The tests run one at a time (they share the machine's ports, descriptors and two cores), and no
+//! verdict depends on timing: waits are bounded only to turn a hang into a failure, and the CPU bound
+//! is a generous fraction of the wall time.
+
+#[path = "resilience/client.rs"]
+mod client;
+#[path = "resilience/server.rs"]
+mod server;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use client::{connect, echoes, read_verified, End, Pattern, CHUNK};
+use nix::sys::socket::{setsockopt, sockopt};
+use server::{eventually, rss_of, ServerProc, PATIENCE};
+
+/// One test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when the server closed the connection (EOF or reset) instead of answering.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let _ = s.write_all(b"?");
+    let mut byte = [0; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn at_the_descriptor_limit_the_server_idles_keeps_serving_and_recovers() {
+    let _serial = serial();
+    let started = Instant::now();
+    // 32 descriptors: the standard three, epoll, waker and listener leave 26 for connections.
+    let mut server = ServerProc::start(&["--maxListeners", "1"], Some(32));
+    let mut early: Vec<TcpStream> = (0..4).map(|_| connect(server.addr)).collect();
+    for s in &mut early {
+        assert!(echoes(s, b"before the flood"));
+    }
+    // More clients than descriptors: the surplus waits in the backlog.
+    let flood: Vec<TcpStream> = (0..60).map(|_| connect(server.addr)).collect();
+    assert!(
+        eventually(|| server.stats()["accept_emfile"] > 0),
+        "the server never ran out of descriptors"
+    );
+
+    let cpu_before = server.cpu_time();
+    let wall_before = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let cpu = server.cpu_time() - cpu_before;
+    let wall = wall_before.elapsed();
+    println!("cpu at the descriptor limit: {cpu:?} over {wall:?}");
+    assert!(
+        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        "the server spins at the descriptor limit: {cpu:?} of CPU in {wall:?}"
+    );
+
+    for s in &mut early {
+        assert!(
+            echoes(s, b"at the limit"),
+            "an established connection stopped echoing"
+        );
+    }
+    drop(flood);
+    drop(early);
+    // Descriptors free up as the server sees the closes; a newcomer is then served.
+    assert!(
+        eventually(|| echoes(&mut connect(server.addr), b"after")),
+        "no recovery after the clients left"
+    );
+
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert!(exit.report["accept_emfile"] > 0);
+    assert_eq!(
+        exit.report["accept_exhausted"],
+        exit.report["accept_emfile"]
+    );
+    let accept_logs = exit
+        .log
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        (1..=seconds + 1).contains(&accept_logs),
+        "{accept_logs} accept-failure lines in {seconds} s: not rate-limited"
+    );
+}
+
+#[test]
+fn churn_and_resets_leave_no_descriptor_behind() {
+    let _serial = serial();
+    let server = ServerProc::start(&["--maxListeners", "2"], None);
+    let baseline = server.descriptors();
+    for i in 0..5000u32 {
+        let mut s = connect(server.addr);
+        assert!(echoes(&mut s, &i.to_le_bytes()), "cycle {i} did not echo");
+    }
+    for i in 0..200u32 {
+        let mut s = connect(server.addr);
+        assert!(echoes(&mut s, &i.to_le_bytes()), "reset {i} did not echo");
+        // Linger 0: the close sends RST instead of FIN.
+        let abort = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        setsockopt(&s, sockopt::Linger, &abort).expect("SO_LINGER");
+    }
+    let mut now = 0;
+    let settled = eventually(|| {
+        now = server.descriptors();
+        now == baseline
+    });
+    println!("server descriptors: {baseline} idle, {now} after 5000 cycles and 200 resets");
+    assert!(settled, "descriptors {now} never returned to {baseline}");
+
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert_eq!(exit.report["accepted"], 5200);
+}
+
+#[test]
+fn a_peer_that_does_not_read_costs_at_most_the_cap_and_loses_nothing() {
+    const TOTAL: u64 = 256 << 20;
+    const CAP: u64 = 64 * 1024;
+    /// Allocator and bookkeeping noise allowed on top of the cap.
+    const MARGIN: u64 = 2 << 20;
+    let _serial = serial();
+    let mut server = ServerProc::start(&["--maxListeners", "1", "--max-pending", "65536"], None);
+    // Warm the worker's scratch buffer so the baseline includes it.
+    let mut warm = connect(server.addr);
+    for _ in 0..4 {
+        assert!(echoes(&mut warm, &[0x5a; 60_000]));
+    }
+    drop(warm);
+    let baseline = server.rss();
+
+    let stream = connect(server.addr);
+    stream
+        .set_write_timeout(Some(PATIENCE))
+        .expect("write timeout");
+    let mut writer_side = stream.try_clone().expect("clone");
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let written = Arc::clone(&written);
+        thread::spawn(move || {
+            let pattern = Pattern::new(1);
+            let mut off = 0;
+            while off < TOTAL {
+                let n = CHUNK.min((TOTAL - off) as usize);
+                match writer_side.write(pattern.at(off, n)) {
+                    Ok(k) => off += k as u64,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => panic!("write failed after {off} bytes: {e}"),
+                }
+                written.store(off, Relaxed);
+            }
+        })
+    };
+    // The writer fills the socket buffers and blocks: progress stops for a while.
+    let mut last = u64::MAX;
+    let mut still = 0;
+    assert!(
+        eventually(|| {
+            let now = written.load(Relaxed);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            still >= 10
+        }),
+        "the writer never blocked"
+    );
+    let stalled = server.rss();
+    assert!(
+        eventually(|| server.stats()["backpressure_pauses"] >= 1),
+        "the server never paused"
+    );
+    let growth = stalled.saturating_sub(baseline);
+    println!(
+        "slow reader: {} bytes written unread, server RSS {baseline} -> {stalled} (+{growth})",
+        written.load(Relaxed)
+    );
+    assert!(
+        growth <= CAP + MARGIN,
+        "RSS grew by {growth} bytes for one stalled connection"
+    );
+
+    // Now read: every byte arrives, in order; RSS stays bounded while it streams.
+    let pid = server.pid();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Relaxed) {
+                peak = peak.max(rss_of(pid).unwrap_or(0));
+                thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let mut reader = stream;
+    let (got, _) = read_verified(&mut reader, &Pattern::new(1), TOTAL);
+    done.store(true, Relaxed);
+    writer.join().expect("writer");
+    let peak = sampler.join().expect("sampler");
+    assert_eq!(got, TOTAL, "bytes lost");
+    println!(
+        "slow reader: peak RSS while streaming {peak} (+{})",
+        peak.saturating_sub(baseline)
+    );
+    assert!(peak.saturating_sub(baseline) <= CAP + MARGIN);
+    reader.shutdown(Shutdown::Write).expect("shutdown");
+    let mut rest = [0; 1];
+    assert_eq!(reader.read(&mut rest).expect("EOF after half-close"), 0);
+
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert_eq!(exit.report["bytes_read"], TOTAL + 240_000);
+    assert_eq!(exit.report["bytes_dropped"], 0);
+}
+
+#[test]
+fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
+    const CONNS: u64 = 16;
+    const DRAIN: Duration = Duration::from_secs(10);
+    let _serial = serial();
+    let mut server = ServerProc::start(&["--maxListeners", "2", "--drain-timeout", "10s"], None);
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..CONNS {
+        let mut rx = connect(server.addr);
+        let mut tx = rx.try_clone().expect("clone");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_writer = Arc::clone(&stop);
+        writers.push(thread::spawn(move || {
+            let pattern = Pattern::new(i);
+            let mut off = 0u64;
+            while !stop_writer.load(Relaxed) {
+                match tx.write(pattern.at(off, 16 * 1024)) {
+                    Ok(n) => off += n as u64,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // Shut down or reset by the server: the stream is over.
+                    Err(_) => break,
+                }
+            }
+        }));
+        readers.push(thread::spawn(move || {
+            let ended = read_verified(&mut rx, &Pattern::new(i), u64::MAX);
+            stop.store(true, Relaxed);
+            ended
+        }));
+    }
+    assert!(
+        eventually(|| server.stats()["bytes_written"] >= CONNS << 20),
+        "the connections never got going"
+    );
+
+    let exit = server.terminate();
+    let ends: Vec<(u64, End)> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    exit.assert_clean();
+    assert!(
+        exit.took < DRAIN + Duration::from_secs(30),
+        "stop took {:?}",
+        exit.took
+    );
+    let received: u64 = ends.iter().map(|(n, _)| n).sum();
+    let r = &exit.report;
+    println!(
+        "sigterm while streaming: read {} written {} dropped {} received {received} in {:?}",
+        r["bytes_read"], r["bytes_written"], r["bytes_dropped"], exit.took
+    );
+    if ends.iter().all(|(_, end)| *end == End::Eof) {
+        // Every connection was flushed and closed with FIN: all that was written arrived.
+        assert_eq!(received, r["bytes_written"]);
+    } else {
+        // A reset at the deadline may destroy bytes in flight, never create any.
+        assert!(received <= r["bytes_written"]);
+        assert!(
+            r["deadline_closes"] > 0,
+            "reset without the deadline: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn silent_connections_are_closed_after_the_idle_timeout() {
+    let _serial = serial();
+    let server = ServerProc::start(&["--maxListeners", "1", "--idle-timeout", "300ms"], None);
+    let mut s = connect(server.addr);
+    assert!(echoes(&mut s, b"hello"));
+    let mut byte = [0; 1];
+    let r = s.read(&mut byte);
+    assert!(
+        matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "expected the server to close the idle connection, got {r:?}"
+    );
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert_eq!(exit.report["idle_closes"], 1);
+}
+
+#[test]
+fn at_max_conns_new_connections_are_closed_and_counted_until_one_leaves() {
+    let _serial = serial();
+    let mut server = ServerProc::start(&["--maxListeners", "2", "--max-conns", "3"], None);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    for s in &mut held {
+        assert!(echoes(s, b"inside the limit"));
+    }
+    let mut extra = connect(server.addr);
+    assert!(
+        closed_by_server(&mut extra),
+        "a fourth connection was served"
+    );
+    for s in &mut held {
+        assert!(echoes(s, b"still served"));
+    }
+    // Counters are published once per worker turn: they may lag the socket by one turn.
+    let mut stats = server.stats();
+    assert!(
+        eventually(|| {
+            stats = server.stats();
+            stats["rejected"] >= 1
+        }),
+        "no rejection counted: {stats:?}"
+    );
+    assert_eq!(stats["active"], 3);
+
+    drop(held.pop());
+    assert!(
+        eventually(|| echoes(&mut connect(server.addr), b"a slot is free")),
+        "no connection admitted after one left"
+    );
+    drop(held);
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert!(exit.report["rejected"] >= 1);
+}
+
+#[test]
+fn a_stalled_peer_is_closed_at_the_drain_deadline_and_its_bytes_counted_dropped() {
+    let _serial = serial();
+    let mut server = ServerProc::start(&["--maxListeners", "1", "--drain-timeout", "500ms"], None);
+    let mut s = connect(server.addr);
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![0x33; CHUNK];
+    // Write without ever reading until the server stops reading us.
+    assert!(
+        eventually(|| {
+            while let Ok(n) = s.write(&chunk) {
+                assert!(n > 0);
+            }
+            server.stats()["backpressure_pauses"] >= 1
+        }),
+        "the server never hit the pending cap"
+    );
+    let exit = server.terminate();
+    exit.assert_clean();
+    let r = &exit.report;
+    println!("stalled peer: closed after {:?}: {r:?}", exit.took);
+    assert_eq!(r["deadline_closes"], 1);
+    assert!(r["bytes_dropped"] > 0 && r["bytes_dropped"] <= 64 * 1024);
+    // The deadline is a lower bound: nothing closes the stalled peer sooner.
+    assert!(exit.took >= Duration::from_millis(500));
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_all_echo_in_little_memory() {
+    const CONNS: usize = 10_000;
+    let _serial = serial();
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard >= 10_500,
+        "this test needs 10,500 descriptors, the limit is {hard}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the soft limit");
+
+    let mut server = ServerProc::start(&["--maxListeners", "2"], Some(12_000));
+    // Warm both workers' scratch buffers so the baseline holds them.
+    let mut warm: Vec<TcpStream> = (0..16).map(|_| connect(server.addr)).collect();
+    for s in &mut warm {
+        assert!(echoes(s, &[1; 60_000]));
+    }
+    drop(warm);
+    assert!(eventually(|| server.stats()["active"] == 0));
+    let baseline = server.rss();
+
+    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| connect(server.addr)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&(i as u32).to_le_bytes()).expect("write");
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut back = [0; 4];
+        s.read_exact(&mut back).expect("echo");
+        assert_eq!(
+            back,
+            (i as u32).to_le_bytes(),
+            "connection {i} echoed wrong bytes"
+        );
+    }
+    assert!(eventually(|| server.stats()["active"] == CONNS as u64));
+    let rss = server.rss();
+    let per_conn = rss.saturating_sub(baseline) / CONNS as u64;
+    println!("{CONNS} idle connections: server RSS {baseline} -> {rss}, {per_conn} bytes each");
+    assert!(
+        per_conn < 1024,
+        "{per_conn} bytes of RSS per idle connection"
+    );
+
+    drop(conns);
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert_eq!(exit.report["accepted"], CONNS as u64 + 16);
+}
