@@ -41,6 +41,8 @@ mod report;
 mod token;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 pub use io::{AcceptOutcome, Action, ReadOutcome, Readiness, ResourceError, WriteOutcome};
