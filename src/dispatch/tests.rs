@@ -221,13 +221,13 @@ fn would_block_write_waits_for_the_writable_edge() {
     s.idle();
     // Nothing to do until the kernel says there is room: no busy polling.
     assert_eq!(s.d.poll_timeout(), None);
-    // More input is read into the pending output, behind what waits.
+    // More input is read into the pending output, behind what waits, with no write attempted.
     s.event(c, READABLE);
     assert_eq!(s.expect_read(c), 8 - 3);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.give(c, b"uv");
     s.idle();
     s.event(c, WRITABLE);
-    s.write(c, b"xyz", 3);
+    s.write(c, b"xyzuv", 5);
     s.idle();
 }
 
@@ -236,6 +236,7 @@ fn writable_edge_without_pending_output_does_nothing() {
     let mut s = Shell::new(small());
     let c = s.open();
     s.event(c, WRITABLE);
+    assert_eq!(s.d.poll_timeout(), None, "no work queued");
     s.idle();
 }
 
@@ -300,6 +301,7 @@ fn read_budget_requeues_at_the_back_and_others_are_served_between() {
     let a = s.open();
     let b = s.open();
     s.event(a, READABLE);
+    s.event(a, READABLE); // a second edge does not buy a second turn
     s.event(b, READABLE);
     for _ in 0..2 {
         s.read(a, &[b'a'; 8]);
@@ -369,6 +371,7 @@ fn listener_takes_turns_like_connections() {
     let mut s = Shell::new(small());
     let c = s.open();
     s.event(Token::LISTENER, READABLE);
+    s.event(Token::LISTENER, READABLE);
     s.event(c, READABLE);
     // Budget of two accepts, then the connection, then the listener again.
     expect!(s, Action::Accept);
@@ -384,6 +387,7 @@ fn listener_takes_turns_like_connections() {
     s.accept_fails(AcceptOutcome::WouldBlock);
     s.idle();
     assert_eq!(s.d.active_connections(), 4);
+    assert_eq!(s.d.report().accepted, 4);
 }
 
 // ----- half-close (DESIGN 5) -----
@@ -814,4 +818,52 @@ fn is_finished_only_after_stop() {
     assert!(!s.d.is_finished(), "CloseListener not yet performed");
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
     assert!(s.d.is_finished());
+}
+
+// ----- misuse by the shell is a bug, not an outcome -----
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn read_outcome_for_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.expect_read(a);
+    s.d.handle_read(b, ReadOutcome::WouldBlock);
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn read_target_of_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.expect_read(a);
+    let _ = s.d.read_target(b);
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn write_outcome_for_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.read(a, b"x");
+    s.expect_write(a);
+    s.d.handle_write(b, WriteOutcome::Wrote(1));
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn write_target_of_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.read(a, b"x");
+    s.expect_write(a);
+    let _ = s.d.write_target(b);
 }
