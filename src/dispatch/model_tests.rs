@@ -77,17 +77,16 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Connect),
         1 => Just(Op::ListenerEdge),
-        6 => (any::<u8>(), 1..=40u8).prop_map(|(c, n)| Op::Send(c, n)),
+        14 => (any::<u8>(), 1..=40u8).prop_map(|(c, n)| Op::Send(c, n)),
         2 => any::<u8>().prop_map(Op::Finish),
-        4 => any::<u8>().prop_map(Op::Drain),
+        5 => any::<u8>().prop_map(Op::Drain),
         1 => any::<u8>().prop_map(Op::ReadableEdge),
         1 => any::<u8>().prop_map(Op::WritableEdge),
         1 => any::<u8>().prop_map(Op::Hangup),
         1 => any::<u8>().prop_map(Op::ErrorEdge),
         1 => any::<u8>().prop_map(Op::StaleEdge),
-        1 => Just(Op::Stop),
         2 => (0..=120u8).prop_map(Op::Advance),
-        8 => any::<u64>().prop_map(Op::Turn),
+        14 => any::<u64>().prop_map(Op::Turn),
     ]
 }
 
@@ -95,10 +94,20 @@ fn case() -> impl Strategy<Value = Case> {
     (
         (1..=16usize, 1..=16usize, 1..=3u32, 1..=3u32),
         (0..=60u64, 1..=24usize, any::<bool>(), any::<bool>()),
-        proptest::collection::vec(op(), 0..80),
+        proptest::collection::vec(op(), 0..120),
+        proptest::option::of(any::<prop::sample::Index>()),
     )
         .prop_map(
-            |((max_pending, scratch_len, reads, accepts), (drain_ms, window, coop, fbs), ops)| {
+            |(
+                (max_pending, scratch_len, reads, accepts),
+                (drain_ms, window, coop, fbs),
+                mut ops,
+                stop,
+            )| {
+                // The stop comes at a chosen step, or only in the final phase.
+                if let Some(at) = stop {
+                    ops.insert(at.index(ops.len() + 1), Op::Stop);
+                }
                 Case {
                     max_pending,
                     scratch_len,
@@ -286,8 +295,20 @@ impl Sim {
         }
     }
 
+    /// The `c`-th client that is still connected (in the backlog or open), if any.
     fn pick(&self, c: u8) -> Option<usize> {
-        (!self.clients.is_empty()).then(|| c as usize % self.clients.len())
+        let connected: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| !self.clients[i].lost && !self.clients[i].closed)
+            .collect();
+        (!connected.is_empty()).then(|| connected[c as usize % connected.len()])
+    }
+
+    /// The `c`-th closed client, if any.
+    fn pick_closed(&self, c: u8) -> Option<usize> {
+        let closed: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].closed)
+            .collect();
+        (!closed.is_empty()).then(|| closed[c as usize % closed.len()])
     }
 
     fn apply(&mut self, op: &Op) {
@@ -366,7 +387,7 @@ impl Sim {
                 }
             }
             Op::StaleEdge(c) => {
-                if let Some(c) = self.pick(c) {
+                if let Some(c) = self.pick_closed(c) {
                     if let (true, Some(t)) = (self.clients[c].closed, self.clients[c].token) {
                         let r = Readiness {
                             readable: true,
@@ -594,7 +615,7 @@ impl Sim {
         if self.fault(5) {
             return ReadOutcome::Interrupted;
         }
-        if self.fault(2) {
+        if self.fault(1) {
             self.clients[c].reset = true;
             self.clients[c].broken = true;
             return ReadOutcome::Failed;
@@ -640,7 +661,7 @@ impl Sim {
         if self.fault(5) {
             return WriteOutcome::Interrupted;
         }
-        if self.fault(2) {
+        if self.fault(1) {
             self.clients[c].reset = true;
             self.clients[c].broken = true;
             return WriteOutcome::Failed;
