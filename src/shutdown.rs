@@ -64,3 +64,175 @@ impl<W: Wake, J: Join> Coordinator<W, J> {
         total
     }
 }
+
+/// Loom models of stop coordination: `RUSTFLAGS="--cfg loom" cargo test --release --lib shutdown`.
+/// The model worker waits on a sticky flag (as the real one waits on its eventfd), so a lost or
+/// skipped wake-up shows as a deadlock, and a join that never completes fails the model.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use loom::sync::{Arc, Condvar};
+    use loom::thread;
+
+    /// Counts the executions loom explores, to report them.
+    static EXPLORED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn explore(name: &str, model: impl Fn() + Sync + Send + 'static) {
+        EXPLORED.store(0, std::sync::atomic::Ordering::SeqCst);
+        loom::model(move || {
+            EXPLORED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            model();
+        });
+        let n = EXPLORED.load(std::sync::atomic::Ordering::SeqCst);
+        println!("loom model {name}: {n} interleavings explored");
+    }
+
+    /// What the model workers and their handles did, shared with the checks.
+    #[derive(Default)]
+    struct Counts {
+        /// Workers that returned (after their wake-up).
+        finished: AtomicUsize,
+        joins: AtomicUsize,
+        wakers_dropped: AtomicUsize,
+    }
+
+    /// A sticky wake-up flag: set before the wait, it is seen by the wait (like an eventfd).
+    #[derive(Default)]
+    struct Flag {
+        set: Mutex<bool>,
+        changed: Condvar,
+    }
+
+    struct ModelWake {
+        flag: Arc<Flag>,
+        counts: Arc<Counts>,
+    }
+
+    impl Wake for ModelWake {
+        fn wake(&self) {
+            *self.flag.set.lock().expect("flag lock") = true;
+            self.flag.changed.notify_all();
+        }
+    }
+
+    impl Drop for ModelWake {
+        fn drop(&mut self) {
+            self.counts.wakers_dropped.fetch_add(1, SeqCst);
+        }
+    }
+
+    struct ModelJoin {
+        handle: thread::JoinHandle<Report>,
+        counts: Arc<Counts>,
+    }
+
+    impl Join for ModelJoin {
+        fn join(self) -> Option<Report> {
+            self.counts.joins.fetch_add(1, SeqCst);
+            self.handle.join().ok()
+        }
+    }
+
+    /// Spawns a model worker that starts, waits for its wake-up and reports one accepted connection.
+    fn worker(counts: &Arc<Counts>) -> (ModelWake, ModelJoin) {
+        let flag = Arc::new(Flag::default());
+        let (wflag, wcounts) = (Arc::clone(&flag), Arc::clone(counts));
+        let handle = thread::spawn(move || {
+            let mut set = wflag.set.lock().expect("flag lock");
+            while !*set {
+                set = wflag.changed.wait(set).expect("flag lock");
+            }
+            wcounts.finished.fetch_add(1, SeqCst);
+            Report {
+                accepted: 1,
+                ..Report::default()
+            }
+        });
+        let wake = ModelWake {
+            flag,
+            counts: Arc::clone(counts),
+        };
+        let join = ModelJoin {
+            handle,
+            counts: Arc::clone(counts),
+        };
+        (wake, join)
+    }
+
+    fn assert_done(counts: &Counts, workers: usize) {
+        assert_eq!(counts.finished.load(SeqCst), workers, "every worker ended");
+        assert_eq!(
+            counts.joins.load(SeqCst),
+            workers,
+            "each joined exactly once"
+        );
+        assert_eq!(
+            counts.wakers_dropped.load(SeqCst),
+            workers,
+            "each waker dropped once"
+        );
+    }
+
+    /// Stop races the workers' start and their first wait: no wake-up is lost, every join completes.
+    #[test]
+    fn stop_racing_worker_start_and_wait() {
+        explore("stop_racing_worker_start_and_wait", || {
+            let counts = Arc::new(Counts::default());
+            let coordinator = Coordinator::new(vec![worker(&counts), worker(&counts)]);
+            assert_eq!(coordinator.stop().accepted, 2);
+            assert_done(&counts, 2);
+        });
+    }
+
+    /// Stop from two threads at once, then again: all return after the joins with the same report;
+    /// workers are joined and wakers dropped exactly once.
+    #[test]
+    fn stop_twice_and_from_two_threads() {
+        explore("stop_twice_and_from_two_threads", || {
+            let counts = Arc::new(Counts::default());
+            let coordinator = Arc::new(Coordinator::new(vec![worker(&counts)]));
+            let stoppers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (coordinator, counts) = (Arc::clone(&coordinator), Arc::clone(&counts));
+                    thread::spawn(move || {
+                        let report = coordinator.stop();
+                        // Returned only after the join, whichever thread did it.
+                        assert_eq!(counts.finished.load(SeqCst), 1);
+                        report
+                    })
+                })
+                .collect();
+            for stopper in stoppers {
+                assert_eq!(stopper.join().expect("stopper").accepted, 1);
+            }
+            assert_eq!(coordinator.stop().accepted, 1);
+            assert_done(&counts, 1);
+        });
+    }
+
+    /// An owner that stops on drop, like `Server`.
+    struct Owner(Coordinator<ModelWake, ModelJoin>);
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+
+    /// Dropping a running owner stops it, also while another thread is stopping it.
+    #[test]
+    fn drop_of_a_running_owner() {
+        explore("drop_of_a_running_owner", || {
+            let counts = Arc::new(Counts::default());
+            let owner = Arc::new(Owner(Coordinator::new(vec![worker(&counts)])));
+            let other = Arc::clone(&owner);
+            let stopper = thread::spawn(move || {
+                other.0.stop();
+            });
+            drop(owner);
+            stopper.join().expect("stopper");
+            assert_done(&counts, 1);
+        });
+    }
+}

@@ -48,6 +48,8 @@ mod token;
 #[cfg(test)]
 mod idle_tests;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 use idle::IdleClock;

@@ -1,1 +1,870 @@
+//! Unit tests of the core's decisions, one per decision in the module doc and per contract item that
+//! lives here. Each reads as a trace: an event or outcome in, the action the core must answer with.
+//! Sockets are plain numbers; the harness plays the shell.
 
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Small numbers so that caps and budgets are reached in a few steps.
+fn small() -> Config {
+    Config {
+        max_pending: 8,
+        drain_timeout: Duration::from_secs(1),
+        scratch_len: 8,
+        reads_per_turn: 2,
+        accepts_per_turn: 2,
+        idle_timeout: None,
+    }
+}
+
+const READABLE: Readiness = Readiness {
+    readable: true,
+    writable: false,
+    read_closed: false,
+    hangup: false,
+    error: false,
+};
+const WRITABLE: Readiness = Readiness {
+    writable: true,
+    ..NONE
+};
+/// `EPOLLIN | EPOLLRDHUP`: data and the peer's FIN.
+const RDHUP: Readiness = Readiness {
+    read_closed: true,
+    ..READABLE
+};
+const HANGUP: Readiness = Readiness {
+    hangup: true,
+    ..NONE
+};
+const ERROR: Readiness = Readiness {
+    error: true,
+    ..NONE
+};
+const NONE: Readiness = Readiness {
+    readable: false,
+    writable: false,
+    read_closed: false,
+    hangup: false,
+    error: false,
+};
+
+/// The core plus a clock; the test plays the shell step by step.
+struct Shell {
+    d: Dispatcher<u32>,
+    now: Instant,
+    next_sock: u32,
+}
+
+/// Polls the next action and checks it against a pattern.
+macro_rules! expect {
+    ($s:expr, $pat:pat) => {
+        match $s.d.poll_action() {
+            Some($pat) => {}
+            other => panic!("expected {}, got {:?}", stringify!($pat), other),
+        }
+    };
+}
+
+impl Shell {
+    fn new(config: Config) -> Shell {
+        let now = Instant::now();
+        Shell {
+            d: Dispatcher::new(config, now),
+            now,
+            next_sock: 1,
+        }
+    }
+
+    fn event(&mut self, token: Token, r: Readiness) {
+        self.d.handle_event(token, r);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.d.handle_time(self.now);
+    }
+
+    /// The round is over: the core wants nothing more until the next event or timer.
+    fn idle(&mut self) {
+        if let Some(a) = self.d.poll_action() {
+            panic!("expected the round to end, got {a:?}");
+        }
+    }
+
+    /// Answers a pending `Accept` with a new socket; checks the core asks to register it.
+    fn accepted(&mut self) -> Token {
+        let sock = self.next_sock;
+        self.next_sock += 1;
+        let token = self
+            .d
+            .handle_accept(AcceptOutcome::Accepted(sock))
+            .expect("an accepted socket gets a token");
+        assert_eq!(self.d.poll_action(), Some(Action::Register(token)));
+        assert_eq!(*self.d.socket(token), sock);
+        self.d.handle_register(token, true);
+        token
+    }
+
+    /// A listener edge with one connection waiting: accept it, then find the backlog empty.
+    fn open(&mut self) -> Token {
+        self.event(Token::LISTENER, READABLE);
+        expect!(self, Action::Accept);
+        let token = self.accepted();
+        expect!(self, Action::Accept);
+        assert_eq!(self.d.handle_accept(AcceptOutcome::WouldBlock), None);
+        self.idle();
+        token
+    }
+
+    /// Expects a read of `token`; returns the length offered.
+    fn expect_read(&mut self, token: Token) -> usize {
+        match self.d.poll_action() {
+            Some(Action::Read { token: t, len }) if t == token => len,
+            other => panic!("expected a read of {token:?}, got {other:?}"),
+        }
+    }
+
+    /// Answers the read in progress with `data`.
+    fn give(&mut self, token: Token, data: &[u8]) {
+        let (_, buf) = self.d.read_target(token);
+        buf[..data.len()].copy_from_slice(data);
+        self.d.handle_read(token, ReadOutcome::Data(data.len()));
+    }
+
+    /// Expects a read of `token` and answers it with `data`.
+    fn read(&mut self, token: Token, data: &[u8]) {
+        let len = self.expect_read(token);
+        assert!(data.len() <= len, "read offers {len} bytes");
+        self.give(token, data);
+    }
+
+    /// Expects a write to `token`; returns the bytes offered.
+    fn expect_write(&mut self, token: Token) -> Vec<u8> {
+        match self.d.poll_action() {
+            Some(Action::Write(t)) if t == token => self.d.write_target(token).1.to_vec(),
+            other => panic!("expected a write to {token:?}, got {other:?}"),
+        }
+    }
+
+    /// Expects a write of exactly `bytes` and lets the kernel take `k` of them.
+    fn write(&mut self, token: Token, bytes: &[u8], k: usize) {
+        assert_eq!(self.expect_write(token), bytes, "bytes offered");
+        self.d.handle_write(token, WriteOutcome::Wrote(k));
+    }
+
+    fn expect_close(&mut self) -> u32 {
+        match self.d.poll_action() {
+            Some(Action::Close(sock)) => sock,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    /// Listener edge answered by `outcome` (nothing accepted).
+    fn accept_fails(&mut self, outcome: AcceptOutcome<u32>) {
+        expect!(self, Action::Accept);
+        assert_eq!(self.d.handle_accept(outcome), None);
+    }
+
+    fn timeout_in(&self) -> Option<Duration> {
+        self.d.poll_timeout().map(|t| t - self.now)
+    }
+}
+
+// ----- echo and partial writes (DESIGN 1, 2) -----
+
+#[test]
+fn echo_from_scratch_holds_no_buffer() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"hello");
+    // Written straight from the scratch buffer.
+    assert_eq!(s.d.pending_bytes(), 0);
+    s.write(c, b"hello", 5);
+    // A short read emptied the socket: wait for the next edge.
+    s.idle();
+    assert_eq!(s.d.pending_bytes(), 0);
+    let r = s.d.report();
+    assert_eq!((r.bytes_read, r.bytes_written, r.max_pending), (5, 5, 0));
+}
+
+#[test]
+fn partial_write_keeps_the_remainder_and_orders_later_bytes_after_it() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"abcd");
+    s.write(c, b"abcd", 1);
+    assert_eq!(s.d.pending_bytes(), 3);
+    s.idle();
+    // More input while the remainder waits: appended after it, not written ahead of it.
+    s.event(c, READABLE);
+    assert_eq!(s.expect_read(c), 8 - 3, "a read never overfills the cap");
+    s.give(c, b"ef");
+    s.idle();
+    s.event(c, WRITABLE);
+    s.write(c, b"bcdef", 5);
+    assert_eq!(s.d.pending_bytes(), 0);
+    s.idle();
+    assert!(s.d.report().balances());
+}
+
+#[test]
+fn would_block_write_waits_for_the_writable_edge() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"xyz");
+    expect!(s, Action::Write(_));
+    s.d.handle_write(c, WriteOutcome::WouldBlock);
+    s.idle();
+    // Nothing to do until the kernel says there is room: no busy polling.
+    assert_eq!(s.d.poll_timeout(), None);
+    // More input is read into the pending output, behind what waits, with no write attempted.
+    s.event(c, READABLE);
+    assert_eq!(s.expect_read(c), 8 - 3);
+    s.give(c, b"uv");
+    s.idle();
+    s.event(c, WRITABLE);
+    s.write(c, b"xyzuv", 5);
+    s.idle();
+}
+
+#[test]
+fn writable_edge_without_pending_output_does_nothing() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, WRITABLE);
+    assert_eq!(s.d.poll_timeout(), None, "no work queued");
+    s.idle();
+}
+
+// ----- backpressure (DESIGN 3) -----
+
+#[test]
+fn at_the_cap_reading_pauses_and_resumes_after_drain_without_a_new_edge() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, &[1; 8]); // a full read: more input may wait
+    expect!(s, Action::Write(_));
+    s.d.handle_write(c, WriteOutcome::WouldBlock);
+    // Pending is at the cap: no read although the socket may hold more.
+    s.idle();
+    assert_eq!(s.d.pending_bytes(), 8);
+    assert_eq!(s.d.report().backpressure_pauses, 1);
+    s.event(c, READABLE);
+    s.idle();
+    assert_eq!(
+        s.d.report().backpressure_pauses,
+        1,
+        "one pause, counted once"
+    );
+    // A partial drain makes room: the read resumes for just that room.
+    s.event(c, WRITABLE);
+    s.write(c, &[1; 8], 3);
+    assert_eq!(s.expect_read(c), 3);
+    s.give(c, &[2; 3]);
+    // At the cap again: paused until the next writable edge.
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), None);
+    assert_eq!(s.d.report().backpressure_pauses, 2);
+    s.event(c, WRITABLE);
+    s.write(c, &[1, 1, 1, 1, 1, 2, 2, 2], 8);
+    assert_eq!(s.expect_read(c), 8);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+    assert_eq!(s.d.pending_bytes(), 0);
+}
+
+#[test]
+fn pending_output_never_exceeds_the_cap() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, &[0; 5]);
+    s.write(c, &[0; 5], 0);
+    s.idle(); // short read: drained
+    s.event(c, READABLE);
+    s.read(c, &[0; 3]);
+    assert_eq!(s.d.pending_bytes(), 8);
+    s.idle();
+    assert_eq!(s.d.report().max_pending, 8);
+}
+
+// ----- edge-triggered drain with fairness (DESIGN 4) -----
+
+#[test]
+fn read_budget_requeues_at_the_back_and_others_are_served_between() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.event(a, READABLE); // a second edge does not buy a second turn
+    s.event(b, READABLE);
+    for _ in 0..2 {
+        s.read(a, &[b'a'; 8]);
+        s.write(a, &[b'a'; 8], 8);
+    }
+    // a used its budget with input left: b comes first.
+    s.read(b, b"b");
+    s.write(b, b"b", 1);
+    // The round that began with [a, b] is over; a waits at the back for the next one.
+    s.idle();
+    assert_eq!(
+        s.d.poll_timeout(),
+        Some(s.now),
+        "queued work: poll without blocking"
+    );
+    // Continued without a new edge.
+    s.read(a, b"a");
+    s.write(a, b"a", 1);
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), None);
+}
+
+#[test]
+fn short_read_means_drained() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"abc");
+    s.write(c, b"abc", 3);
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), None);
+}
+
+#[test]
+fn short_read_after_rdhup_reads_on_to_eof() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, RDHUP);
+    s.read(c, b"abc");
+    s.write(c, b"abc", 3);
+    // Only a 0-byte read proves the socket empty once the peer has finished.
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    assert_eq!(s.expect_close(), 1);
+    s.idle();
+}
+
+#[test]
+fn full_reads_continue_until_would_block() {
+    let mut s = Shell::new(Config {
+        reads_per_turn: 16,
+        ..small()
+    });
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, &[7; 8]);
+    s.write(c, &[7; 8], 8);
+    s.read(c, &[7; 8]);
+    s.write(c, &[7; 8], 8);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+}
+
+#[test]
+fn listener_takes_turns_like_connections() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(Token::LISTENER, READABLE);
+    s.event(Token::LISTENER, READABLE);
+    s.event(c, READABLE);
+    // Budget of two accepts, then the connection, then the listener again.
+    expect!(s, Action::Accept);
+    s.accepted();
+    expect!(s, Action::Accept);
+    s.accepted();
+    s.read(c, b"x");
+    s.write(c, b"x", 1);
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), Some(s.now));
+    expect!(s, Action::Accept);
+    s.accepted();
+    s.accept_fails(AcceptOutcome::WouldBlock);
+    s.idle();
+    assert_eq!(s.d.active_connections(), 4);
+    assert_eq!(s.d.report().accepted, 4);
+}
+
+// ----- half-close (DESIGN 5) -----
+
+#[test]
+fn eof_flushes_pending_output_then_closes() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, RDHUP);
+    s.read(c, b"abc");
+    expect!(s, Action::Write(_));
+    s.d.handle_write(c, WriteOutcome::WouldBlock);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    // EOF seen, but "abc" is still owed: no close yet.
+    s.idle();
+    assert_eq!(s.d.active_connections(), 1);
+    s.event(c, WRITABLE);
+    s.write(c, b"abc", 2);
+    s.idle();
+    s.event(c, WRITABLE);
+    s.write(c, b"c", 1);
+    assert_eq!(s.expect_close(), 1);
+    s.idle();
+    let r = s.d.report();
+    assert_eq!((r.closed, r.bytes_dropped), (1, 0));
+    assert!(r.balances());
+}
+
+#[test]
+fn eof_with_nothing_pending_closes_at_once() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    assert_eq!(s.expect_close(), 1);
+    s.idle();
+    assert_eq!(s.d.active_connections(), 0);
+}
+
+// ----- errors (DESIGN 6) -----
+
+#[test]
+fn read_error_closes_only_that_connection() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.event(b, READABLE);
+    s.expect_read(a);
+    s.d.handle_read(a, ReadOutcome::Failed);
+    assert_eq!(s.expect_close(), 1);
+    s.read(b, b"ok");
+    s.write(b, b"ok", 2);
+    s.idle();
+    assert_eq!(s.d.active_connections(), 1);
+}
+
+#[test]
+fn broken_pipe_closes_and_counts_the_unwritten_bytes_as_dropped() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"abcd");
+    expect!(s, Action::Write(_));
+    s.d.handle_write(c, WriteOutcome::Failed);
+    assert_eq!(s.expect_close(), 1);
+    s.idle();
+    let r = s.d.report();
+    assert_eq!((r.bytes_read, r.bytes_written, r.bytes_dropped), (4, 0, 4));
+}
+
+#[test]
+fn broken_pipe_on_pending_output_drops_it() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"abcd");
+    s.write(c, b"abcd", 1);
+    s.idle();
+    s.event(c, WRITABLE);
+    s.write(c, b"bcd", 2);
+    s.idle();
+    s.event(c, WRITABLE);
+    expect!(s, Action::Write(_));
+    s.d.handle_write(c, WriteOutcome::Failed);
+    s.expect_close();
+    let r = s.d.report();
+    assert_eq!((r.bytes_written, r.bytes_dropped), (3, 1));
+    assert!(r.balances());
+}
+
+#[test]
+fn error_edge_closes_that_connection_without_reading() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, ERROR);
+    s.event(b, READABLE);
+    assert_eq!(s.expect_close(), 1);
+    s.read(b, b"x");
+    s.write(b, b"x", 1);
+    s.idle();
+}
+
+#[test]
+fn hangup_reads_what_is_left_then_closes() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, HANGUP);
+    s.read(c, b"z");
+    s.write(c, b"z", 1);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    s.expect_close();
+}
+
+#[test]
+fn interrupted_operations_are_repeated() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    let len = s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Interrupted);
+    assert_eq!(s.expect_read(c), len, "same read again");
+    s.give(c, b"hi");
+    assert_eq!(s.expect_write(c), b"hi");
+    s.d.handle_write(c, WriteOutcome::Interrupted);
+    s.write(c, b"hi", 1);
+    s.idle();
+    s.event(c, WRITABLE);
+    assert_eq!(s.expect_write(c), b"i");
+    s.d.handle_write(c, WriteOutcome::Interrupted);
+    s.write(c, b"i", 1);
+    s.idle();
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Interrupted);
+    expect!(s, Action::Accept);
+    s.accepted();
+}
+
+#[test]
+fn failed_registration_closes_the_connection() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    expect!(s, Action::Accept);
+    let t =
+        s.d.handle_accept(AcceptOutcome::Accepted(9))
+            .expect("token");
+    assert_eq!(s.d.poll_action(), Some(Action::Register(t)));
+    s.d.handle_register(t, false);
+    assert_eq!(s.expect_close(), 9);
+    assert_eq!(s.d.active_connections(), 0);
+}
+
+// ----- accept failures (DESIGN 7) -----
+
+#[test]
+fn accept_back_off_grows_and_is_capped() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    let mut delays = Vec::new();
+    for _ in 0..9 {
+        s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
+        // No spinning: the listener waits for its timer.
+        s.idle();
+        let delay = s.timeout_in().expect("a retry timer");
+        delays.push(delay.as_millis());
+        // Retried when the timer fires, without a new edge.
+        s.advance(delay);
+    }
+    assert_eq!(delays, [5, 10, 20, 40, 80, 160, 200, 200, 200]);
+    assert_eq!(s.d.report().accept_exhausted, 9);
+    // Success resets the back-off.
+    expect!(s, Action::Accept);
+    s.accepted();
+    s.accept_fails(AcceptOutcome::Failed);
+    s.idle();
+    assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
+    assert_eq!(s.d.report().accept_failed, 1);
+}
+
+#[test]
+fn accept_waits_for_the_whole_back_off() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::Memory));
+    s.idle();
+    s.advance(MIN_ACCEPT_BACKOFF - Duration::from_millis(1));
+    s.event(Token::LISTENER, READABLE);
+    s.idle();
+    s.advance(Duration::from_millis(1));
+    expect!(s, Action::Accept);
+}
+
+#[test]
+fn accept_is_retried_when_a_connection_closes() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
+    s.idle();
+    // A descriptor is freed: the listener is retried at once, before the timer.
+    s.event(c, READABLE);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    s.expect_close();
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), Some(s.now), "listener queued");
+    expect!(s, Action::Accept);
+    s.accepted();
+}
+
+#[test]
+fn aborted_connections_are_skipped() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Aborted);
+    expect!(s, Action::Accept);
+    s.accepted();
+    s.idle();
+    assert_eq!(
+        s.d.poll_timeout(),
+        Some(s.now),
+        "budget used, listener queued"
+    );
+    let r = s.d.report();
+    assert_eq!((r.accept_exhausted, r.accept_failed), (0, 0));
+}
+
+#[test]
+fn listener_would_block_waits_for_a_new_edge() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::WouldBlock);
+    s.idle();
+    assert_eq!(s.d.poll_timeout(), None);
+}
+
+// ----- tokens -----
+
+#[test]
+fn stale_tokens_are_ignored_after_slot_reuse() {
+    let mut s = Shell::new(small());
+    let old = s.open();
+    s.event(old, READABLE);
+    s.expect_read(old);
+    s.d.handle_read(old, ReadOutcome::Eof);
+    s.expect_close();
+    s.idle();
+    let new = s.open();
+    assert_eq!(new.slot(), old.slot(), "the slot is reused");
+    assert_ne!(new, old);
+    for r in [READABLE, WRITABLE, ERROR, HANGUP] {
+        s.event(old, r);
+    }
+    s.idle();
+    assert_eq!(s.d.active_connections(), 1);
+    s.event(Token::WAKER, READABLE);
+    s.event(Token::conn(77, 0), READABLE);
+    s.idle();
+    s.event(new, READABLE);
+    s.read(new, b"n");
+    s.write(new, b"n", 1);
+}
+
+// ----- shutdown (DESIGN 9, 10) -----
+
+#[test]
+fn stop_closes_the_listener_and_accepts_nothing_more() {
+    let mut s = Shell::new(small());
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::Buffers));
+    s.idle();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.idle();
+    s.event(Token::LISTENER, READABLE);
+    s.advance(MAX_ACCEPT_BACKOFF);
+    s.idle();
+    // No connections: the worker is done at once.
+    assert!(s.d.is_finished());
+    s.d.handle_stop();
+    s.idle();
+}
+
+#[test]
+fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_eof() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"abcd");
+    s.write(c, b"abcd", 2);
+    s.idle();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    // New input is not echoed: nothing to do until the pending output can go.
+    s.event(c, READABLE);
+    s.idle();
+    s.event(c, WRITABLE);
+    s.write(c, b"cd", 2);
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    // Input after the FIN is read and discarded, so the close never sends RST.
+    assert_eq!(s.expect_read(c), 8);
+    s.give(c, &[9; 8]);
+    s.read(c, b"zz");
+    s.idle();
+    assert!(!s.d.is_finished());
+    s.event(c, RDHUP);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    s.expect_close();
+    s.idle();
+    assert!(s.d.is_finished());
+    let r = s.d.report();
+    assert_eq!((r.bytes_read, r.bytes_written), (4, 4));
+    assert_eq!((r.bytes_discarded, r.deadline_closes), (10, 0));
+    assert!(r.balances());
+}
+
+#[test]
+fn stop_shuts_idle_connections_at_once() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.idle();
+    // The peer closes after reading our FIN.
+    s.event(c, RDHUP);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    s.expect_close();
+    assert!(s.d.is_finished());
+}
+
+#[test]
+fn drain_deadline_closes_what_remains_and_counts_it_dropped() {
+    let mut s = Shell::new(small());
+    let stuck = s.open();
+    let silent = s.open();
+    s.event(stuck, READABLE);
+    s.read(stuck, b"abc");
+    s.write(stuck, b"abc", 0);
+    s.idle();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(silent)));
+    s.idle();
+    assert_eq!(s.timeout_in(), Some(Duration::from_secs(1)));
+    s.advance(Duration::from_millis(999));
+    s.idle();
+    assert!(!s.d.is_finished());
+    s.advance(Duration::from_millis(1));
+    let mut closed = [s.expect_close(), s.expect_close()];
+    closed.sort();
+    assert_eq!(closed, [1, 2]);
+    s.idle();
+    assert!(s.d.is_finished());
+    let r = s.d.report();
+    assert_eq!((r.deadline_closes, r.bytes_dropped, r.closed), (2, 3, 2));
+    assert!(r.balances());
+}
+
+#[test]
+fn zero_drain_timeout_closes_everything_on_stop() {
+    let mut s = Shell::new(Config {
+        drain_timeout: Duration::ZERO,
+        ..small()
+    });
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, b"ab");
+    s.write(c, b"ab", 1);
+    s.idle();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.expect_close();
+    s.idle();
+    assert!(s.d.is_finished());
+    assert_eq!(s.d.report().bytes_dropped, 1);
+}
+
+#[test]
+fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(Token::LISTENER, READABLE);
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
+    s.idle();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.idle();
+    s.event(c, ERROR);
+    s.expect_close();
+    // The freed descriptor must not bring the closed listener back.
+    s.idle();
+    assert!(s.d.is_finished());
+}
+
+// ----- poll_timeout -----
+
+#[test]
+fn poll_timeout_is_the_earliest_timer_or_now_when_work_is_queued() {
+    let mut s = Shell::new(small());
+    assert_eq!(s.d.poll_timeout(), None, "idle: wait for events only");
+    s.event(Token::LISTENER, READABLE);
+    assert_eq!(s.d.poll_timeout(), Some(s.now), "queued work");
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
+    s.idle();
+    assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
+    s.d.handle_stop();
+    // Stop drops the back-off; the drain deadline remains.
+    assert_eq!(s.d.poll_timeout(), Some(s.now), "close listener queued");
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    assert_eq!(s.timeout_in(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn is_finished_only_after_stop() {
+    let mut s = Shell::new(small());
+    assert!(!s.d.is_finished());
+    assert!(!s.d.is_stopping());
+    s.d.handle_stop();
+    assert!(s.d.is_stopping());
+    assert!(!s.d.is_finished(), "CloseListener not yet performed");
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    assert!(s.d.is_finished());
+}
+
+// ----- misuse by the shell is a bug, not an outcome -----
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn read_outcome_for_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.expect_read(a);
+    s.d.handle_read(b, ReadOutcome::WouldBlock);
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn read_target_of_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.expect_read(a);
+    let _ = s.d.read_target(b);
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn write_outcome_for_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.read(a, b"x");
+    s.expect_write(a);
+    s.d.handle_write(b, WriteOutcome::Wrote(1));
+}
+
+#[test]
+#[should_panic(expected = "while awaiting")]
+fn write_target_of_another_connection_is_a_bug() {
+    let mut s = Shell::new(small());
+    let a = s.open();
+    let b = s.open();
+    s.event(a, READABLE);
+    s.read(a, b"x");
+    s.expect_write(a);
+    let _ = s.d.write_target(b);
+}
