@@ -109,8 +109,6 @@ struct Conn<S> {
     peer_finished: bool,
     /// `read` returned 0.
     eof: bool,
-    /// Reading is paused because pending output is at the cap.
-    paused: bool,
     /// Shutdown sent our FIN; reads are now only discarded.
     write_shut: bool,
     /// An error edge came: close at the next turn.
@@ -130,7 +128,6 @@ impl<S> Conn<S> {
             writable: true,
             peer_finished: false,
             eof: false,
-            paused: false,
             write_shut: false,
             failed: false,
             queued: false,
@@ -369,8 +366,7 @@ impl<S> Dispatcher<S> {
                 } else {
                     self.report.bytes_read += n as u64;
                     conn.pending.push(&self.scratch[..n], cap);
-                    self.report.max_pending =
-                        self.report.max_pending.max(conn.pending.len() as u64);
+                    note_pending(conn, cap, &mut self.report);
                 }
             }
             ReadOutcome::Eof => {
@@ -427,8 +423,7 @@ impl<S> Dispatcher<S> {
                     self.report.bytes_dropped += rest.len() as u64;
                 } else if !rest.is_empty() {
                     conn.pending.push(rest, cap);
-                    self.report.max_pending =
-                        self.report.max_pending.max(conn.pending.len() as u64);
+                    note_pending(conn, cap, &mut self.report);
                 }
             }
             None => conn.pending.consume(written),
@@ -772,13 +767,8 @@ impl<S> Dispatcher<S> {
         } else {
             let room = cap - conn.pending.len();
             if room == 0 {
-                if !conn.paused {
-                    conn.paused = true;
-                    self.report.backpressure_pauses += 1;
-                }
                 return false;
             }
-            conn.paused = false;
             room.min(scratch_len)
         };
         self.turn = Some(Turn::Conn {
@@ -787,5 +777,16 @@ impl<S> Dispatcher<S> {
         });
         self.followup = Some(Awaiting::Read(token, len));
         true
+    }
+}
+
+/// Records a connection's pending output after it grew: the high-water mark, and a backpressure
+/// pause when it reached the cap (reading stops until it drains, whatever readiness says).
+/// A push always adds at least one byte, so reaching the cap here is a new pause, never a repeat.
+fn note_pending<S>(conn: &Conn<S>, cap: usize, report: &mut Report) {
+    let len = conn.pending.len();
+    report.max_pending = report.max_pending.max(len as u64);
+    if len == cap {
+        report.backpressure_pauses += 1;
     }
 }

@@ -279,6 +279,22 @@ fn at_the_cap_reading_pauses_and_resumes_after_drain_without_a_new_edge() {
     assert_eq!(s.d.pending_bytes(), 0);
 }
 
+/// The read that fills the cap is a pause even when it also used up the turn's read budget:
+/// the connection is not read again until its output drains.
+#[test]
+fn filling_the_cap_on_the_last_read_of_a_turn_counts_as_a_pause() {
+    let mut s = Shell::new(small()); // cap 8, two reads per turn
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, &[1; 8]);
+    s.write(c, &[1; 8], 4); // 4 pending, unwritable
+    assert_eq!(s.expect_read(c), 4);
+    s.give(c, &[2; 4]); // the second and last read of the turn fills the cap
+    s.idle();
+    assert_eq!(s.d.pending_bytes(), 8);
+    assert_eq!(s.d.report().backpressure_pauses, 1);
+}
+
 #[test]
 fn pending_output_never_exceeds_the_cap() {
     let mut s = Shell::new(small());
