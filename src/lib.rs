@@ -10,6 +10,8 @@ pub mod dispatch;
 pub mod io;
 mod server;
 mod shutdown;
+#[doc(hidden)]
+pub mod sim;
 mod sync;
 pub mod sys;
 pub mod worker;
