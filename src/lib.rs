@@ -7,6 +7,8 @@
 #![deny(unsafe_code)]
 
 pub mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 mod server;
 mod shutdown;

@@ -71,6 +71,11 @@ impl<'a> ByteSource<'a> {
         ByteSource { data, pos: 0 }
     }
 
+    /// True once every byte was used: from here on every choice is the benign default.
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
     /// Takes the next `n` bytes as a slice (shorter at the end).
     pub fn take(&mut self, n: usize) -> &'a [u8] {
         let start = self.pos.min(self.data.len());
