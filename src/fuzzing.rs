@@ -157,6 +157,15 @@ fn drive_core(stream: &[u8], mut s: ByteSource<'_>) {
                         stopped_at.is_none(),
                         "the core waits forever after the stop"
                     );
+                    // Quiet before the stop: the client finished, so the core must have served it.
+                    assert!(
+                        !p.in_backlog,
+                        "the core went idle with a connection in the backlog"
+                    );
+                    assert!(
+                        !p.open,
+                        "the core went idle with a finished connection still open"
+                    );
                     stopped_at = Some(stop(&mut core, now));
                 }
             }

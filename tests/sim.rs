@@ -5,7 +5,7 @@ use std::panic;
 
 use epoll_echo::sim::{self, Stats};
 
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 400;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
