@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for every check, so people run locally exactly what CI runs.
-# Usage: ci/run.sh fmt|clippy|test|proptest|loom|mutants|all   (mutants is slow: not part of all)
+# Usage: ci/run.sh fmt|clippy|test|proptest|loom|sim|fuzz|mutants|all   (mutants is slow: not part of all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,12 +42,52 @@ mutants() {
     PROPTEST_CASES=64 cargo mutants --file 'src/dispatch/*.rs' -j 1 --timeout 20 "$@" -- --lib
 }
 
+# The simulated network for many more seeds than `cargo test` runs (SIM_SEEDS overrides).
+sim() {
+    local seeds="${SIM_SEEDS:-5000}"
+    step "simulated network, $seeds seeds (release)"
+    SIM_SEEDS="$seeds" cargo test --release --test sim -- --nocapture
+}
+
+# A bounded fuzz run of echo_stream. New inputs go to a scratch dir listed first, so the committed
+# seed corpus stays as it is. Nightly gets the sanitizer build; stable runs without one.
+fuzz() {
+    local secs="${FUZZ_SECONDS:-60}"
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        step "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked
+    fi
+    local scratch log rc=0
+    scratch="$(mktemp -d)"
+    log="$(mktemp)"
+    local run=(cargo fuzz run)
+    if cargo +nightly --version >/dev/null 2>&1; then
+        run=(cargo +nightly fuzz run)
+    else
+        run+=(--sanitizer none)
+    fi
+    step "${run[*]} echo_stream for ${secs}s"
+    "${run[@]}" echo_stream "$scratch" fuzz/corpus/echo_stream -- \
+        -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        grep -v '^epoll-echo: accept failed' "$log" | tail -n 60
+    fi
+    grep -E '^(Done |stat::)' "$log" || true
+    local execs
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+    echo "fuzz: ${execs:-?} executions in ${secs}s (exit $rc)"
+    rm -rf "$scratch" "$log"
+    return "$rc"
+}
+
 all() {
     fmt
     clippy
     test_suite
     proptest_suite
     loom
+    sim
+    fuzz
 }
 
 case "${1:-all}" in
@@ -56,7 +96,9 @@ case "${1:-all}" in
     test) test_suite ;;
     proptest) proptest_suite ;;
     loom) loom ;;
+    sim) sim ;;
+    fuzz) fuzz ;;
     mutants) shift; mutants "$@" ;;
     all) all ;;
-    *) echo "usage: $0 fmt|clippy|test|proptest|loom|mutants|all" >&2; exit 2 ;;
+    *) echo "usage: $0 fmt|clippy|test|proptest|loom|sim|fuzz|mutants|all" >&2; exit 2 ;;
 esac

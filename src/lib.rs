@@ -16,10 +16,14 @@ macro_rules! log {
 }
 
 pub mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod limit;
 mod server;
 mod shutdown;
+#[doc(hidden)]
+pub mod sim;
 pub mod stats;
 mod sync;
 pub mod sys;
