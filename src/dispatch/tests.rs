@@ -867,3 +867,103 @@ fn write_target_of_another_connection_is_a_bug() {
     s.expect_write(a);
     let _ = s.d.write_target(b);
 }
+
+#[test]
+fn interrupted_syscalls_are_classified_for_retry() {
+    use std::io::Error;
+    let eintr = || Err(Error::from_raw_os_error(libc::EINTR));
+    assert_eq!(
+        WriteOutcome::from_result(eintr()),
+        WriteOutcome::Interrupted
+    );
+    assert_eq!(ReadOutcome::from_result(eintr()), ReadOutcome::Interrupted);
+    let accept = AcceptOutcome::<u32>::from_result(Err(Error::from_raw_os_error(libc::EINTR)));
+    assert_eq!(accept, AcceptOutcome::Interrupted);
+}
+
+// ----- pending buffer and report, as the core relies on them -----
+
+#[test]
+fn pending_buffer_never_allocates_past_the_cap_in_any_chunking() {
+    for chunk in 1..=40 {
+        let mut b = OutBuf::default();
+        while b.len() + chunk <= 1000 {
+            b.push(&vec![3; chunk], 1000);
+            assert!(
+                b.capacity() <= 1000,
+                "chunk {chunk}: capacity {}",
+                b.capacity()
+            );
+        }
+    }
+}
+
+#[test]
+fn pending_buffer_reuses_the_written_front_instead_of_growing() {
+    let mut b = OutBuf::default();
+    b.push(&[1; 8], 8);
+    b.consume(5);
+    b.push(&[2; 5], 8);
+    assert_eq!(b.as_slice(), &[1, 1, 1, 2, 2, 2, 2, 2]);
+    assert!(b.capacity() <= 8, "capacity {} over the cap", b.capacity());
+}
+
+#[test]
+fn report_balance_detects_lost_bytes() {
+    let r = Report {
+        bytes_read: 10,
+        bytes_written: 7,
+        bytes_dropped: 2,
+        ..Report::default()
+    };
+    assert!(!r.balances());
+    assert!(Report {
+        bytes_dropped: 3,
+        ..r
+    }
+    .balances());
+}
+
+#[test]
+fn reports_sum_field_by_field_and_print_every_counter() {
+    let one = Report {
+        accepted: 1,
+        closed: 2,
+        bytes_read: 3,
+        bytes_written: 4,
+        bytes_dropped: 5,
+        bytes_discarded: 6,
+        deadline_closes: 7,
+        accept_exhausted: 8,
+        accept_failed: 9,
+        backpressure_pauses: 10,
+        max_pending: 11,
+        descriptors_closed: 12,
+    };
+    let mut sum = one;
+    sum += Report {
+        max_pending: 5,
+        ..one
+    };
+    let twice = Report {
+        accepted: 2,
+        closed: 4,
+        bytes_read: 6,
+        bytes_written: 8,
+        bytes_dropped: 10,
+        bytes_discarded: 12,
+        deadline_closes: 14,
+        accept_exhausted: 16,
+        accept_failed: 18,
+        backpressure_pauses: 20,
+        max_pending: 11,
+        descriptors_closed: 24,
+    };
+    assert_eq!(sum, twice);
+    assert_eq!(
+        one.to_string(),
+        "accepted=1 closed=2 bytes_read=3 bytes_written=4 bytes_dropped=5 bytes_discarded=6 \
+         deadline_closes=7 accept_exhausted=8 accept_failed=9 backpressure_pauses=10 \
+         max_pending=11 descriptors_closed=12"
+    );
+}
