@@ -927,43 +927,43 @@ fn report_balance_detects_lost_bytes() {
 #[test]
 fn reports_sum_field_by_field_and_print_every_counter() {
     let one = Report {
-        accepted: 1,
-        closed: 2,
-        bytes_read: 3,
-        bytes_written: 4,
-        bytes_dropped: 5,
-        bytes_discarded: 6,
-        deadline_closes: 7,
-        accept_exhausted: 8,
-        accept_failed: 9,
-        backpressure_pauses: 10,
-        max_pending: 11,
-        descriptors_closed: 12,
+        accepted: 3,
+        closed: 4,
+        bytes_read: 5,
+        bytes_written: 6,
+        bytes_dropped: 7,
+        bytes_discarded: 8,
+        deadline_closes: 9,
+        accept_exhausted: 10,
+        accept_failed: 11,
+        backpressure_pauses: 12,
+        max_pending: 13,
+        descriptors_closed: 14,
     };
     let mut sum = one;
     sum += Report {
-        max_pending: 5,
+        max_pending: 7,
         ..one
     };
     let twice = Report {
-        accepted: 2,
-        closed: 4,
-        bytes_read: 6,
-        bytes_written: 8,
-        bytes_dropped: 10,
-        bytes_discarded: 12,
-        deadline_closes: 14,
-        accept_exhausted: 16,
-        accept_failed: 18,
-        backpressure_pauses: 20,
-        max_pending: 11,
-        descriptors_closed: 24,
+        accepted: 6,
+        closed: 8,
+        bytes_read: 10,
+        bytes_written: 12,
+        bytes_dropped: 14,
+        bytes_discarded: 16,
+        deadline_closes: 18,
+        accept_exhausted: 20,
+        accept_failed: 22,
+        backpressure_pauses: 24,
+        max_pending: 13,
+        descriptors_closed: 28,
     };
     assert_eq!(sum, twice);
     assert_eq!(
         one.to_string(),
-        "accepted=1 closed=2 bytes_read=3 bytes_written=4 bytes_dropped=5 bytes_discarded=6 \
-         deadline_closes=7 accept_exhausted=8 accept_failed=9 backpressure_pauses=10 \
-         max_pending=11 descriptors_closed=12"
+        "accepted=3 closed=4 bytes_read=5 bytes_written=6 bytes_dropped=7 bytes_discarded=8 \
+         deadline_closes=9 accept_exhausted=10 accept_failed=11 backpressure_pauses=12 \
+         max_pending=13 descriptors_closed=14"
     );
 }
