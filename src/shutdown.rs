@@ -75,16 +75,17 @@ mod loom_tests {
     use loom::sync::{Arc, Condvar};
     use loom::thread;
 
-    /// Counts the executions loom explores, to report them.
-    static EXPLORED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
+    /// Runs a model under loom and prints how many executions it explored.
     fn explore(name: &str, model: impl Fn() + Sync + Send + 'static) {
-        EXPLORED.store(0, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Outside the model: std, not loom, and one counter per model.
+        let explored = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&explored);
         loom::model(move || {
-            EXPLORED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            counter.fetch_add(1, Ordering::Relaxed);
             model();
         });
-        let n = EXPLORED.load(std::sync::atomic::Ordering::SeqCst);
+        let n = explored.load(Ordering::Relaxed);
         println!("loom model {name}: {n} interleavings explored");
     }
 

@@ -884,3 +884,103 @@ fn write_target_of_another_connection_is_a_bug() {
     s.expect_write(a);
     let _ = s.d.write_target(b);
 }
+
+#[test]
+fn interrupted_syscalls_are_classified_for_retry() {
+    use std::io::Error;
+    let eintr = || Err(Error::from_raw_os_error(libc::EINTR));
+    assert_eq!(
+        WriteOutcome::from_result(eintr()),
+        WriteOutcome::Interrupted
+    );
+    assert_eq!(ReadOutcome::from_result(eintr()), ReadOutcome::Interrupted);
+    let accept = AcceptOutcome::<u32>::from_result(Err(Error::from_raw_os_error(libc::EINTR)));
+    assert_eq!(accept, AcceptOutcome::Interrupted);
+}
+
+// ----- pending buffer and report, as the core relies on them -----
+
+#[test]
+fn pending_buffer_never_allocates_past_the_cap_in_any_chunking() {
+    for chunk in (1..=40).chain([100, 300, 500]) {
+        let mut b = OutBuf::default();
+        while b.len() + chunk <= 1000 {
+            b.push(&vec![3; chunk], 1000);
+            assert!(
+                b.capacity() <= 1000,
+                "chunk {chunk}: capacity {}",
+                b.capacity()
+            );
+        }
+    }
+}
+
+#[test]
+fn pending_buffer_reuses_the_written_front_instead_of_growing() {
+    let mut b = OutBuf::default();
+    b.push(&[1; 8], 8);
+    b.consume(5);
+    b.push(&[2; 5], 8);
+    assert_eq!(b.as_slice(), &[1, 1, 1, 2, 2, 2, 2, 2]);
+    assert!(b.capacity() <= 8, "capacity {} over the cap", b.capacity());
+}
+
+#[test]
+fn report_balance_detects_lost_bytes() {
+    let r = Report {
+        bytes_read: 10,
+        bytes_written: 7,
+        bytes_dropped: 2,
+        ..Report::default()
+    };
+    assert!(!r.balances());
+    assert!(Report {
+        bytes_dropped: 3,
+        ..r
+    }
+    .balances());
+}
+
+#[test]
+fn reports_sum_field_by_field_and_print_every_counter() {
+    let one = Report {
+        accepted: 3,
+        closed: 4,
+        bytes_read: 5,
+        bytes_written: 6,
+        bytes_dropped: 7,
+        bytes_discarded: 8,
+        deadline_closes: 9,
+        accept_exhausted: 10,
+        accept_failed: 11,
+        backpressure_pauses: 12,
+        max_pending: 13,
+        descriptors_closed: 14,
+    };
+    let mut sum = one;
+    sum += Report {
+        max_pending: 7,
+        ..one
+    };
+    let twice = Report {
+        accepted: 6,
+        closed: 8,
+        bytes_read: 10,
+        bytes_written: 12,
+        bytes_dropped: 14,
+        bytes_discarded: 16,
+        deadline_closes: 18,
+        accept_exhausted: 20,
+        accept_failed: 22,
+        backpressure_pauses: 24,
+        max_pending: 13,
+        descriptors_closed: 28,
+    };
+    assert_eq!(sum, twice);
+    assert_eq!(
+        one.to_string(),
+        "accepted=3 closed=4 bytes_read=5 bytes_written=6 bytes_dropped=7 bytes_discarded=8 \
+         deadline_closes=9 accept_exhausted=10 accept_failed=11 backpressure_pauses=12 \
+         max_pending=13 descriptors_closed=14"
+    );
+}
