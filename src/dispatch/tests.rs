@@ -956,6 +956,12 @@ fn reports_sum_field_by_field_and_print_every_counter() {
         backpressure_pauses: 12,
         max_pending: 13,
         descriptors_closed: 14,
+        accept_emfile: 15,
+        accept_enfile: 16,
+        accept_enobufs: 17,
+        accept_enomem: 18,
+        idle_closes: 19,
+        rejected: 20,
     };
     let mut sum = one;
     sum += Report {
@@ -975,12 +981,19 @@ fn reports_sum_field_by_field_and_print_every_counter() {
         backpressure_pauses: 24,
         max_pending: 13,
         descriptors_closed: 28,
+        accept_emfile: 30,
+        accept_enfile: 32,
+        accept_enobufs: 34,
+        accept_enomem: 36,
+        idle_closes: 38,
+        rejected: 40,
     };
     assert_eq!(sum, twice);
     assert_eq!(
         one.to_string(),
         "accepted=3 closed=4 bytes_read=5 bytes_written=6 bytes_dropped=7 bytes_discarded=8 \
-         deadline_closes=9 accept_exhausted=10 accept_failed=11 backpressure_pauses=12 \
-         max_pending=13 descriptors_closed=14"
+         deadline_closes=9 idle_closes=19 rejected=20 accept_exhausted=10 accept_emfile=15 \
+         accept_enfile=16 accept_enobufs=17 accept_enomem=18 accept_failed=11 \
+         backpressure_pauses=12 max_pending=13 descriptors_closed=14"
     );
 }
