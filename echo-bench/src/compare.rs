@@ -37,6 +37,9 @@ pub struct Options {
     /// Where to write one JSON line per run and per median.
     #[arg(long, default_value = "target/echo-bench/compare.jsonl")]
     out: PathBuf,
+    /// Run only the scenarios whose label contains this text (e.g. "16KiB", "c1000").
+    #[arg(long)]
+    only: Option<String>,
     /// Use the release binaries already built.
     #[arg(long)]
     no_build: bool,
@@ -373,11 +376,15 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
         std::fs::create_dir_all(dir)?;
     }
     let mut out = File::create(&out_path)?;
-    let scenarios = scenarios(if opts.quick {
+    let idle = if opts.quick {
         opts.idle_conns.min(2000)
     } else {
         opts.idle_conns
-    });
+    };
+    let mut scenarios = scenarios(idle);
+    if let Some(only) = &opts.only {
+        scenarios.retain(|s| s.label.contains(only.as_str()));
+    }
     let mut all_clean = true;
     for setup in &setups {
         sys::set_affinity(0, &setup.client_cpus)?;
