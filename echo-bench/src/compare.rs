@@ -93,6 +93,8 @@ struct Setup {
 #[derive(Clone, Copy)]
 enum Kind {
     Ping,
+    /// Open loop at this many messages per second in total.
+    Stream(f64),
     Churn,
     Idle,
 }
@@ -105,6 +107,9 @@ struct Scenario {
     depth: usize,
     size: usize,
 }
+
+/// Total rate of the open-loop scenario, messages per second.
+const OPEN_LOOP_RATE: f64 = 10_000.0;
 
 fn scenarios(idle_conns: usize) -> Vec<Scenario> {
     let ping = |size: usize, conns, depth| Scenario {
@@ -125,6 +130,14 @@ fn scenarios(idle_conns: usize) -> Vec<Scenario> {
         }
     }
     v.push(ping(16 * 1024, 50, 1));
+    // Below every server's capacity: tails then show scheduling, not queueing at saturation.
+    v.push(Scenario {
+        label: "64B c1000 open".into(),
+        kind: Kind::Stream(OPEN_LOOP_RATE),
+        conns: 1000,
+        depth: 1,
+        size: 64,
+    });
     v.push(Scenario {
         label: "churn 64B".into(),
         kind: Kind::Churn,
@@ -271,13 +284,16 @@ fn run_one(
         size: sc.size,
         duration,
         warmup,
-        rate: None,
+        rate: match sc.kind {
+            Kind::Stream(rate) => Some(rate),
+            _ => None,
+        },
         sources: 8,
         server_pid: Some(running.pid()),
     };
     let label = format!("{} {} {}", setup.name, sc.label, server.name());
     let mut res = match sc.kind {
-        Kind::Ping => load::run_load(&spec, pattern, &label),
+        Kind::Ping | Kind::Stream(_) => load::run_load(&spec, pattern, &label),
         Kind::Churn => load::run_churn(&spec, pattern, &label),
         Kind::Idle => load::run_idle(&spec, pattern, &label),
     }?;

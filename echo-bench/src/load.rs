@@ -226,10 +226,12 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
             meter.begin(now);
         }
         meter.tick(now);
-        let timeout = match spec.rate {
-            Some(_) => Duration::from_millis(1),
-            None => (end - now).min(Duration::from_millis(50)),
-        };
+        let mut timeout = (end - now).min(Duration::from_millis(50));
+        if let Some(rate) = spec.rate {
+            // Wake when the next message is due.
+            let next = eng.start + Duration::from_secs_f64(sent_open as f64 / rate);
+            timeout = timeout.min(next.saturating_duration_since(now));
+        }
         let n = epoll.wait(&mut events, timeout)?;
         for ev in &events[..n] {
             let i = ev.u64 as usize;

@@ -35,12 +35,25 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits up to `timeout`; returns how many entries of `events` were filled (0 on `EINTR`).
+    /// Waits up to `timeout` (nanosecond precision, for open-loop pacing); returns how many entries
+    /// of `events` were filled (0 on `EINTR`).
     pub fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> io::Result<usize> {
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
         let cap = events.len().min(i32::MAX as usize) as i32;
-        // SAFETY: `events` holds `cap` writable entries for the duration of the call.
-        let res = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), cap, ms) };
+        // SAFETY: `events` holds `cap` writable entries and `ts` is live for the call; a null signal
+        // mask leaves the mask alone.
+        let res = unsafe {
+            libc::epoll_pwait2(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                cap,
+                &ts,
+                std::ptr::null(),
+            )
+        };
         match check(res) {
             Ok(n) => Ok(n as usize),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
