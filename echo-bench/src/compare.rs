@@ -403,6 +403,7 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
     }
     let mut all_clean = true;
     for setup in &setups {
+        let load_before = loadavg();
         sys::set_affinity(0, &setup.client_cpus)?;
         let mut table: Vec<(String, Server, Row)> = Vec::new();
         for sc in &scenarios {
@@ -459,10 +460,22 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                 table.push((sc.label.clone(), server, row));
             }
         }
+        println!();
+        println!(
+            "load average (1, 5, 15 min) before: {load_before}, after: {}",
+            loadavg()
+        );
         print_table(setup, rounds, &table);
     }
     eprintln!("echo-bench: runs written to {}", out_path.display());
     Ok(all_clean)
+}
+
+/// The machine's load averages, since other work on it skews every figure.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
