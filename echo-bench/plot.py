@@ -16,11 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 src = sys.argv[1] if len(sys.argv) > 1 else "target/echo-bench/compare.jsonl"
 dst = sys.argv[2] if len(sys.argv) > 2 else "BENCHMARKS.png"
 
+# Closed-loop 64 B scenarios only ("64B c50 d16"); the open-loop one has a fixed rate.
 rows = []
 with open(src) as f:
     for line in f:
         r = json.loads(line)
-        if r.get("kind") == "median" and r.get("size") == 64 and r["scenario"].startswith("64B"):
+        if r.get("kind") == "median" and r.get("size") == 64 and " d" in r["scenario"]:
             rows.append(r)
 
 servers = ["epoll-echo", "tokio-echo", "epoll-ref"]
