@@ -1,31 +1,37 @@
 //! A connection's pending output: bytes already read but not yet written back, never more than the
 //! cap, and no allocation at all while empty (an idle connection holds no buffer).
 
-/// Unwritten bytes, oldest first. `head` marks how much of `bytes` has been written already, so a
-/// partial write costs no copy.
+/// Unwritten bytes, oldest first. Boxed, so an idle connection carries one null pointer: the bytes
+/// and their bookkeeping exist only while something is pending (after a partial write, rarely).
 #[derive(Default, Debug)]
 pub struct OutBuf {
+    inner: Option<Box<Inner>>,
+}
+
+/// `head` marks how much of `bytes` has been written already, so a partial write costs no copy.
+#[derive(Debug)]
+struct Inner {
     bytes: Vec<u8>,
     head: usize,
 }
 
 impl OutBuf {
     pub fn len(&self) -> usize {
-        self.bytes.len() - self.head
+        self.inner.as_ref().map_or(0, |i| i.bytes.len() - i.head)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.inner.is_none()
     }
 
     /// The bytes still to write.
     pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.head..]
+        self.inner.as_ref().map_or(&[], |i| &i.bytes[i.head..])
     }
 
-    /// Heap bytes held right now (0 when empty).
+    /// Heap bytes held for pending data right now (0 when empty).
     pub fn capacity(&self) -> usize {
-        self.bytes.capacity()
+        self.inner.as_ref().map_or(0, |i| i.bytes.capacity())
     }
 
     /// Appends `data`. The caller keeps `len() + data.len() <= cap`; growth never allocates past
@@ -35,33 +41,42 @@ impl OutBuf {
             self.len() + data.len() <= cap,
             "pending output over its cap"
         );
-        if self.head > 0 {
-            self.bytes.drain(..self.head);
-            self.head = 0;
+        if data.is_empty() {
+            return;
         }
-        let needed = self.bytes.len() + data.len();
-        if needed > self.bytes.capacity() {
-            let target = (self.bytes.capacity() * 2).clamp(needed, cap.max(needed));
-            self.bytes.reserve_exact(target - self.bytes.len());
+        let inner = self.inner.get_or_insert_with(|| {
+            Box::new(Inner {
+                bytes: Vec::new(),
+                head: 0,
+            })
+        });
+        if inner.head > 0 {
+            inner.bytes.drain(..inner.head);
+            inner.head = 0;
         }
-        self.bytes.extend_from_slice(data);
+        let needed = inner.bytes.len() + data.len();
+        if needed > inner.bytes.capacity() {
+            let target = (inner.bytes.capacity() * 2).clamp(needed, cap.max(needed));
+            inner.bytes.reserve_exact(target - inner.bytes.len());
+        }
+        inner.bytes.extend_from_slice(data);
     }
 
     /// Marks `n` bytes as written; releases the allocation once everything is.
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.len(), "consumed more than pending");
-        self.head += n;
-        if self.head == self.bytes.len() {
-            self.bytes = Vec::new();
-            self.head = 0;
+        if let Some(inner) = self.inner.as_mut() {
+            inner.head += n;
+            if inner.head == inner.bytes.len() {
+                self.inner = None;
+            }
         }
     }
 
     /// Forgets everything (connection closed); returns how many bytes were never written.
     pub fn discard(&mut self) -> usize {
         let n = self.len();
-        self.bytes = Vec::new();
-        self.head = 0;
+        self.inner = None;
         n
     }
 }
@@ -105,6 +120,15 @@ mod tests {
     fn pushing_past_the_cap_is_a_bug() {
         let mut b = OutBuf::default();
         b.push(&[0; 11], 10);
+    }
+
+    #[test]
+    fn an_idle_buffer_is_one_pointer() {
+        // Every connection carries one: idle connections must stay small.
+        assert_eq!(std::mem::size_of::<OutBuf>(), std::mem::size_of::<usize>());
+        let mut b = OutBuf::default();
+        b.push(&[], 10);
+        assert!(b.is_empty() && b.capacity() == 0);
     }
 
     #[test]
