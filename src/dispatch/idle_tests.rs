@@ -52,7 +52,7 @@ impl Harness {
     fn accept(&mut self, sock: u32) -> Token {
         self.accepts.push_back(sock);
         let before = self.core.active_connections();
-        self.event(Token::LISTENER, readable());
+        self.event(Token::LISTENER, Readiness::READABLE);
         assert_eq!(self.core.active_connections(), before + 1, "not accepted");
         Token::conn(sock, 0)
     }
@@ -88,20 +88,6 @@ impl Harness {
     }
 }
 
-fn readable() -> Readiness {
-    Readiness {
-        readable: true,
-        ..Readiness::default()
-    }
-}
-
-fn writable() -> Readiness {
-    Readiness {
-        writable: true,
-        ..Readiness::default()
-    }
-}
-
 #[test]
 fn a_silent_connection_is_closed_after_the_timeout_and_not_before() {
     let mut h = Harness::new(Some(TIMEOUT));
@@ -131,7 +117,7 @@ fn input_keeps_a_connection_alive() {
     for _ in 0..20 {
         h.advance(TIMEOUT / 2);
         h.reads.push_back(ReadOutcome::Data(10)); // short read: the socket is empty
-        h.event(t, readable());
+        h.event(t, Readiness::READABLE);
     }
     assert!(h.closed.is_empty(), "an active connection was closed");
     assert_eq!(h.core.report().bytes_written, 200);
@@ -146,15 +132,15 @@ fn output_progress_keeps_a_connection_alive_and_a_stall_drops_it() {
     // The peer does not read: 1000 bytes stay pending.
     h.write_room = 0;
     h.reads.push_back(ReadOutcome::Data(1000)); // short read: the socket is empty
-    h.event(t, readable());
+    h.event(t, Readiness::READABLE);
     assert_eq!(h.core.pending_bytes(), 1000);
     // It drains 100 bytes every half timeout: slow, but traffic.
     for _ in 0..5 {
         h.advance(TIMEOUT / 2);
         h.write_room = 100;
-        h.event(t, writable());
+        h.event(t, Readiness::WRITABLE);
         h.write_room = 0;
-        h.event(t, writable());
+        h.event(t, Readiness::WRITABLE);
     }
     assert!(
         h.closed.is_empty(),
@@ -177,7 +163,7 @@ fn only_the_silent_connection_of_two_is_closed() {
     for _ in 0..4 {
         h.advance(TIMEOUT / 2);
         h.reads.push_back(ReadOutcome::Data(1)); // short read: the socket is empty
-        h.event(busy, readable());
+        h.event(busy, Readiness::READABLE);
     }
     assert_eq!(h.closed, [0]);
     assert_eq!(h.core.active_connections(), 1);

@@ -16,6 +16,27 @@ pub struct Readiness {
     pub error: bool,
 }
 
+impl Readiness {
+    /// Nothing ready.
+    pub const NONE: Readiness = Readiness {
+        readable: false,
+        writable: false,
+        read_closed: false,
+        hangup: false,
+        error: false,
+    };
+    /// Input is waiting (`EPOLLIN`).
+    pub const READABLE: Readiness = Readiness {
+        readable: true,
+        ..Readiness::NONE
+    };
+    /// The send buffer has room (`EPOLLOUT`).
+    pub const WRITABLE: Readiness = Readiness {
+        writable: true,
+        ..Readiness::NONE
+    };
+}
+
 /// What the shell must do next. Actions that name a [`Token`] concern a live connection; `Accept`,
 /// `Register`, `Read` and `Write` each need their outcome fed back before the next `poll_action`.
 #[must_use]

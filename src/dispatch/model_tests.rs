@@ -189,13 +189,7 @@ fn payload(client: usize, offset: usize) -> u8 {
     (x >> 56) as u8
 }
 
-const READABLE: Readiness = Readiness {
-    readable: true,
-    writable: false,
-    read_closed: false,
-    hangup: false,
-    error: false,
-};
+const READABLE: Readiness = Readiness::READABLE;
 
 struct Sim {
     d: Dispatcher<usize>,

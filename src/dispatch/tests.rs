@@ -18,17 +18,8 @@ fn small() -> Config {
     }
 }
 
-const READABLE: Readiness = Readiness {
-    readable: true,
-    writable: false,
-    read_closed: false,
-    hangup: false,
-    error: false,
-};
-const WRITABLE: Readiness = Readiness {
-    writable: true,
-    ..NONE
-};
+const READABLE: Readiness = Readiness::READABLE;
+const WRITABLE: Readiness = Readiness::WRITABLE;
 /// `EPOLLIN | EPOLLRDHUP`: data and the peer's FIN.
 const RDHUP: Readiness = Readiness {
     read_closed: true,
@@ -42,13 +33,7 @@ const ERROR: Readiness = Readiness {
     error: true,
     ..NONE
 };
-const NONE: Readiness = Readiness {
-    readable: false,
-    writable: false,
-    read_closed: false,
-    hangup: false,
-    error: false,
-};
+const NONE: Readiness = Readiness::NONE;
 
 /// The core plus a clock; the test plays the shell step by step.
 struct Shell {

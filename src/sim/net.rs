@@ -207,20 +207,6 @@ pub struct SimNet<E: Entropy> {
     stats: Stats,
 }
 
-fn readable() -> Readiness {
-    Readiness {
-        readable: true,
-        ..Readiness::default()
-    }
-}
-
-fn writable() -> Readiness {
-    Readiness {
-        writable: true,
-        ..Readiness::default()
-    }
-}
-
 fn or(a: Readiness, b: Readiness) -> Readiness {
     Readiness {
         readable: a.readable || b.readable,
@@ -452,7 +438,7 @@ impl<E: Entropy> SimNet<E> {
             p.c2s.extend(&p.spec.payload[from..from + k]);
             p.sent += k;
             self.log(Ev::ClientSend(c, k));
-            self.edge(c, readable());
+            self.edge(c, Readiness::READABLE);
             self.progress();
         }
         let p = &self.peers[c];
@@ -483,7 +469,7 @@ impl<E: Entropy> SimNet<E> {
                 let p = &self.peers[c];
                 if p.want_write && p.spec.snd_cap - p.s2c.len() >= p.spec.write_space {
                     self.peers[c].want_write = false;
-                    self.edge(c, writable());
+                    self.edge(c, Readiness::WRITABLE);
                 }
                 if self.e.chance(self.faults.client_pause) {
                     let len = self.e.upto(self.peers[c].spec.pause);
@@ -760,9 +746,9 @@ impl<E: Entropy> Io for SimNet<E> {
         if self.e.chance(self.faults.spurious_edge) {
             let c = self.e.below(self.peers.len() as u64) as usize;
             let r = if self.e.chance(500) {
-                readable()
+                Readiness::READABLE
             } else {
-                writable()
+                Readiness::WRITABLE
             };
             self.edge(c, r);
         }
@@ -800,12 +786,12 @@ impl<E: Entropy> Io for SimNet<E> {
             self.ready = batch.split_off(keep);
         }
         if self.listener_ready && self.listener_open {
-            batch.push((Token::LISTENER, readable()));
+            batch.push((Token::LISTENER, Readiness::READABLE));
         }
         self.listener_ready = false;
         if !self.closed_tokens.is_empty() && self.e.chance(self.faults.stale_event) {
             let t = self.closed_tokens[self.e.below(self.closed_tokens.len() as u64) as usize];
-            batch.push((t, or(readable(), writable())));
+            batch.push((t, or(Readiness::READABLE, Readiness::WRITABLE)));
         }
         if stop_due(self) {
             self.stopped_at = Some(self.now);
@@ -816,7 +802,7 @@ impl<E: Entropy> Io for SimNet<E> {
             }
         }
         if self.waker_pending {
-            batch.push((Token::WAKER, readable()));
+            batch.push((Token::WAKER, Readiness::READABLE));
         }
         self.log(Ev::Wait {
             at: self.now,
@@ -1019,7 +1005,7 @@ impl<E: Entropy> SimNet<E> {
         // After the FIN nothing more can arrive, so the kernel's answer is exact.
         let more_may_come = !p.c2s_fin;
         if more_may_come && self.e.chance(self.faults.read_eagain) {
-            self.edge(c, readable());
+            self.edge(c, Readiness::READABLE);
             return errno(libc::EAGAIN);
         }
         let mut k = buf.len().min(avail);
@@ -1027,7 +1013,7 @@ impl<E: Entropy> SimNet<E> {
             k = self.e.upto(k as u64) as usize;
             if k < buf.len() {
                 self.stats.short_reads += 1;
-                self.edge(c, readable());
+                self.edge(c, Readiness::READABLE);
             }
         }
         let stopped = self.stopped();
@@ -1068,14 +1054,14 @@ impl<E: Entropy> SimNet<E> {
         }
         if self.e.chance(self.faults.write_eagain) {
             self.peers[c].want_write = true;
-            self.edge(c, writable());
+            self.edge(c, Readiness::WRITABLE);
             return errno(libc::EAGAIN);
         }
         let mut k = buf.len().min(room);
         if self.e.chance(self.faults.write_short) {
             k = self.e.upto(k as u64) as usize;
             if k < room {
-                self.edge(c, writable());
+                self.edge(c, Readiness::WRITABLE);
             }
         }
         if k < buf.len() {
