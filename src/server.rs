@@ -166,6 +166,7 @@ impl Server {
             let shared = Shared {
                 stats: Some(Arc::new(WorkerStats::default())),
                 limit: limit.clone(),
+                warnings: true,
             };
             stats.extend(shared.stats.clone());
             let spawned = std::thread::Builder::new()

@@ -22,6 +22,9 @@ pub struct Shared {
     pub stats: Option<Arc<WorkerStats>>,
     /// The server-wide connection limit.
     pub limit: Option<Arc<ConnLimit>>,
+    /// Whether to print rate-limited warnings to stderr; off for simulated and fuzzed runs, whose
+    /// injected failures would flood it.
+    pub warnings: bool,
 }
 
 /// Runs one worker until it is woken for shutdown and has drained. Returns its report; an error only
@@ -71,8 +74,9 @@ pub fn run_with<I: Io>(
                     }
                     if let AcceptOutcome::Exhausted(kind) = &outcome {
                         let now = io.now();
-                        if last_accept_log
-                            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL)
+                        if shared.warnings
+                            && last_accept_log
+                                .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL)
                         {
                             last_accept_log = Some(now);
                             log!("epoll-echo: accept failed ({kind:?}); backing off, existing connections still served");
