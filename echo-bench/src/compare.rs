@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::load::{self, Spec};
 use crate::pattern::Pattern;
-use crate::stats::{median, RunResult};
+use crate::stats::{median, spread, RunResult, Spread};
 use crate::sys;
 
 #[derive(clap::Args)]
@@ -310,11 +310,41 @@ struct Row {
     cpu: Option<f64>,
     rss: Option<f64>,
     per_conn: Option<f64>,
+    /// Throughput over the reference's in the same round, across rounds.
+    x_ref: Option<Spread>,
+    /// CPU per message over the reference's in the same round, across rounds.
+    cpu_x: Option<Spread>,
+    /// p99 over the mean latency: near 1 when every connection is served in turn.
+    tail: Option<f64>,
     errors: u64,
 }
 
-fn summarize(runs: &[RunResult]) -> Row {
-    let med = |f: &dyn Fn(&RunResult) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+/// One finished run: its round, its server and what it measured.
+type Run = (usize, Server, RunResult);
+
+fn summarize(server: Server, results: &[Run]) -> Row {
+    let runs: Vec<&RunResult> = results
+        .iter()
+        .filter(|(_, s, _)| *s == server)
+        .map(|(_, _, r)| r)
+        .collect();
+    let med =
+        |f: &dyn Fn(&RunResult) -> Option<f64>| median(runs.iter().filter_map(|r| f(r)).collect());
+    // Paired by round: both runs are close in time, so the machine's drift cancels out.
+    let paired = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+        spread(
+            results
+                .iter()
+                .filter(|(_, s, _)| *s == server)
+                .filter_map(|(round, _, r)| {
+                    let (_, _, base) = results
+                        .iter()
+                        .find(|(k, s, _)| k == round && *s == Server::Reference)?;
+                    Some(f(r)? / f(base)?)
+                })
+                .collect(),
+        )
+    };
     Row {
         msgs_per_s: med(&|r| Some(r.msgs_per_s())).unwrap_or(0.0),
         mb_per_s: med(&|r| Some(r.mb_per_s())).unwrap_or(0.0),
@@ -323,12 +353,24 @@ fn summarize(runs: &[RunResult]) -> Row {
         cpu: med(&|r| r.server_cpu_ns_per_msg),
         rss: med(&|r| r.server_rss_peak.map(|b| b as f64)),
         per_conn: med(&|r| r.rss_per_conn),
+        x_ref: paired(&|r| Some(r.msgs_per_s())),
+        cpu_x: paired(&|r| r.server_cpu_ns_per_msg),
+        tail: med(&|r| (r.mean_us > 0.0).then(|| r.p99_us / r.mean_us)),
         errors: runs.iter().map(|r| r.errors + r.mismatches).sum(),
     }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// `median (min-max)`, or the median alone after a single round.
+fn opt_spread(v: Option<Spread>) -> String {
+    match v {
+        Some(s) if s.min < s.max => format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max),
+        Some(s) => format!("{:.2}", s.median),
+        None => "-".into(),
+    }
 }
 
 pub fn run(opts: &Options, pattern: &Pattern) -> ExitCode {
@@ -353,7 +395,7 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
         build(root)?;
     }
     let bin = release_dir()?;
-    let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 5 }).max(1);
     let duration = Duration::from_secs_f64(
         opts.duration
             .unwrap_or(if opts.quick { 0.4 } else { 2.0 })
@@ -407,7 +449,7 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
         sys::set_affinity(0, &setup.client_cpus)?;
         let mut table: Vec<(String, Server, Row)> = Vec::new();
         for sc in &scenarios {
-            let mut results: Vec<(Server, RunResult)> = Vec::new();
+            let mut results: Vec<Run> = Vec::new();
             for round in 0..rounds {
                 for k in 0..Server::ALL.len() {
                     let server = Server::ALL[(k + round) % Server::ALL.len()];
@@ -436,16 +478,11 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                         ("workers", setup.workers.into()),
                     ];
                     writeln!(out, "{}", res.to_json(&extra))?;
-                    results.push((server, res));
+                    results.push((round, server, res));
                 }
             }
             for server in Server::ALL {
-                let runs: Vec<RunResult> = results
-                    .iter()
-                    .filter(|(s, _)| *s == server)
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                let row = summarize(&runs);
+                let row = summarize(server, &results);
                 writeln!(
                     out,
                     "{}",
@@ -454,7 +491,10 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                         "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": rounds,
                         "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50, "p99_us": row.p99,
                         "server_cpu_ns_per_msg": row.cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
-                        "errors": row.errors,
+                        "x_ref": row.x_ref.map(|s| s.median), "x_ref_min": row.x_ref.map(|s| s.min),
+                        "x_ref_max": row.x_ref.map(|s| s.max), "cpu_x": row.cpu_x.map(|s| s.median),
+                        "cpu_x_min": row.cpu_x.map(|s| s.min), "cpu_x_max": row.cpu_x.map(|s| s.max),
+                        "p99_over_mean": row.tail, "errors": row.errors,
                     })
                 )?;
                 table.push((sc.label.clone(), server, row));
@@ -485,35 +525,25 @@ fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
         setup.name, setup.server_cpus, setup.workers, setup.client_cpus, rounds
     );
     println!(
-        "| {:<14} | {:<10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>7} | {:>8} | {:>7} | {:>6} | {:>6} | {:>4} |",
-        "scenario", "server", "msgs/s", "MB/s", "p50 us", "p99 us", "cpu ns", "RSS MiB", "B/conn", "x ref", "cpu x", "err"
+        "| {:<14} | {:<10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
+        "scenario", "server", "msgs/s", "MB/s", "p50 us", "p99 us", "p99/mean", "cpu ns", "RSS MiB", "B/conn", "x ref", "cpu x", "err"
     );
-    println!("|{}", "---|".repeat(12));
+    println!("|{}", "---|".repeat(13));
     for (label, server, row) in table {
-        let reference = table
-            .iter()
-            .find(|(l, s, _)| l == label && *s == Server::Reference)
-            .map(|(_, _, r)| r);
-        let ratio = reference
-            .filter(|r| r.msgs_per_s > 0.0)
-            .map(|r| row.msgs_per_s / r.msgs_per_s);
-        let cpu_ratio = match (row.cpu, reference.and_then(|r| r.cpu)) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
         println!(
-            "| {:<14} | {:<10} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>7} | {:>8} | {:>7} | {:>6} | {:>6} | {:>4} |",
+            "| {:<14} | {:<10} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8} | {:>7} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
             label,
             server.name(),
             row.msgs_per_s,
             row.mb_per_s,
             row.p50,
             row.p99,
+            opt(row.tail, 2),
             opt(row.cpu, 0),
             opt(row.rss.map(|b| b / (1024.0 * 1024.0)), 1),
             opt(row.per_conn, 0),
-            opt(ratio, 2),
-            opt(cpu_ratio, 2),
+            opt_spread(row.x_ref),
+            opt_spread(row.cpu_x),
             row.errors
         );
     }

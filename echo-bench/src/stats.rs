@@ -19,6 +19,7 @@ pub struct RunResult {
     pub secs: f64,
     pub msgs: u64,
     pub bytes: u64,
+    pub mean_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
@@ -54,6 +55,7 @@ impl RunResult {
             "msgs": self.msgs,
             "msgs_per_s": self.msgs_per_s(),
             "mb_per_s": self.mb_per_s(),
+            "mean_us": self.mean_us,
             "p50_us": self.p50_us,
             "p99_us": self.p99_us,
             "p999_us": self.p999_us,
@@ -175,6 +177,7 @@ impl Meter {
             secs: now.duration_since(self.began).as_secs_f64(),
             msgs: self.msgs,
             bytes: self.bytes,
+            mean_us: self.hist.mean() / 1000.0,
             p50_us: us(0.5),
             p99_us: us(0.99),
             p999_us: us(0.999),
@@ -203,6 +206,26 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The median of some values and the range they span.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The [`Spread`] of the finite values; `None` when there are none.
+pub fn spread(xs: Vec<f64>) -> Option<Spread> {
+    let finite: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
+    let min = finite.iter().copied().reduce(f64::min)?;
+    let max = finite.iter().copied().reduce(f64::max)?;
+    Some(Spread {
+        median: median(finite)?,
+        min,
+        max,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +235,19 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn spread_ignores_values_that_are_not_finite() {
+        let s = spread(vec![2.0, f64::NAN, 0.5, 1.0, f64::INFINITY]);
+        assert_eq!(
+            s,
+            Some(Spread {
+                median: 1.0,
+                min: 0.5,
+                max: 2.0
+            })
+        );
+        assert_eq!(spread(vec![f64::NAN]), None);
     }
 }
