@@ -134,12 +134,10 @@ fn output_progress_keeps_a_connection_alive_and_a_stall_drops_it() {
     h.reads.push_back(ReadOutcome::Data(1000)); // short read: the socket is empty
     h.event(t, Readiness::READABLE);
     assert_eq!(h.core.pending_bytes(), 1000);
-    // It drains 100 bytes every half timeout: slow, but traffic.
+    // It drains 100 bytes every half timeout: slow, but traffic, and the only traffic.
+    h.write_room = 100;
     for _ in 0..5 {
         h.advance(TIMEOUT / 2);
-        h.write_room = 100;
-        h.event(t, Readiness::WRITABLE);
-        h.write_room = 0;
         h.event(t, Readiness::WRITABLE);
     }
     assert!(
@@ -153,6 +151,27 @@ fn output_progress_keeps_a_connection_alive_and_a_stall_drops_it() {
     let report = h.core.report();
     assert_eq!(report.bytes_dropped, 500);
     assert!(report.balances());
+}
+
+#[test]
+fn a_write_that_would_block_is_not_progress() {
+    let mut h = Harness::new(Some(TIMEOUT));
+    let t = h.accept(0);
+    h.write_room = 0;
+    h.reads.push_back(ReadOutcome::Data(1000)); // short read: the socket is empty
+    h.event(t, Readiness::READABLE);
+    // Writable edges keep coming, but the peer takes nothing.
+    let mut waited = Duration::ZERO;
+    while h.closed.is_empty() {
+        h.advance(TIMEOUT / 4);
+        waited += TIMEOUT / 4;
+        h.event(t, Readiness::WRITABLE);
+        assert!(
+            waited <= 3 * TIMEOUT,
+            "a peer that takes nothing was never closed"
+        );
+    }
+    assert_eq!(h.core.report().bytes_dropped, 1000);
 }
 
 #[test]

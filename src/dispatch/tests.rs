@@ -563,7 +563,14 @@ fn accept_back_off_grows_and_is_capped() {
         s.advance(delay);
     }
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 200, 200, 200]);
-    assert_eq!(s.d.report().accept_exhausted, 9);
+    let report = s.d.report();
+    assert_eq!(report.accept_exhausted, 9);
+    // Counted under its kind too, and under no other.
+    assert_eq!(report.accept_emfile, 9);
+    assert_eq!(
+        (report.accept_enfile, report.accept_enobufs, report.accept_enomem),
+        (0, 0, 0)
+    );
     // Success resets the back-off.
     expect!(s, Action::Accept);
     s.accepted();
