@@ -98,6 +98,8 @@ fn a_silent_connection_is_closed_after_the_timeout_and_not_before() {
         // The shell sleeps until the core's deadline; never longer than a sweep period.
         let deadline = h.core.poll_timeout().expect("a sweep is scheduled");
         assert!(deadline <= h.now + TIMEOUT, "sweep deadline too far away");
+        // A deadline already passed would make the worker poll without sleeping: a spin.
+        assert!(deadline > h.now, "sweep deadline not in the future");
         h.advance(step);
         waited += step;
         assert!(waited < 2 * TIMEOUT, "never closed");
