@@ -116,6 +116,23 @@ mod tests {
     }
 
     #[test]
+    fn growth_is_geometric_so_small_pushes_cost_amortised_constant_time() {
+        // A slow reader fed byte by byte must not make every push copy the whole buffer.
+        let mut b = OutBuf::default();
+        let mut reallocations = 0;
+        for _ in 0..4096 {
+            let before = b.capacity();
+            b.push(&[1], 1 << 20);
+            reallocations += usize::from(b.capacity() != before);
+        }
+        assert_eq!(b.len(), 4096);
+        assert!(
+            reallocations <= 13,
+            "{reallocations} reallocations for 4096 one-byte pushes"
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "over its cap")]
     fn pushing_past_the_cap_is_a_bug() {
         let mut b = OutBuf::default();
