@@ -308,6 +308,7 @@ struct Row {
     p50: f64,
     p99: f64,
     cpu: Option<f64>,
+    client_cpu: Option<f64>,
     rss: Option<f64>,
     per_conn: Option<f64>,
     /// Throughput over the reference's in the same round, across rounds.
@@ -351,6 +352,7 @@ fn summarize(server: Server, results: &[Run]) -> Row {
         p50: med(&|r| Some(r.p50_us)).unwrap_or(0.0),
         p99: med(&|r| Some(r.p99_us)).unwrap_or(0.0),
         cpu: med(&|r| r.server_cpu_ns_per_msg),
+        client_cpu: med(&|r| r.client_cpu_ns_per_msg),
         rss: med(&|r| r.server_rss_peak.map(|b| b as f64)),
         per_conn: med(&|r| r.rss_per_conn),
         x_ref: paired(&|r| Some(r.msgs_per_s())),
@@ -490,7 +492,7 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                         "kind": "median", "setup": setup.name, "server": server.name(), "scenario": sc.label,
                         "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": rounds,
                         "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50, "p99_us": row.p99,
-                        "server_cpu_ns_per_msg": row.cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
+                        "server_cpu_ns_per_msg": row.cpu, "client_cpu_ns_per_msg": row.client_cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
                         "x_ref": row.x_ref.map(|s| s.median), "x_ref_min": row.x_ref.map(|s| s.min),
                         "x_ref_max": row.x_ref.map(|s| s.max), "cpu_x": row.cpu_x.map(|s| s.median),
                         "cpu_x_min": row.cpu_x.map(|s| s.min), "cpu_x_max": row.cpu_x.map(|s| s.max),
@@ -525,13 +527,13 @@ fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
         setup.name, setup.server_cpus, setup.workers, setup.client_cpus, rounds
     );
     println!(
-        "| {:<14} | {:<10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
-        "scenario", "server", "msgs/s", "MB/s", "p50 us", "p99 us", "p99/mean", "cpu ns", "RSS MiB", "B/conn", "x ref", "cpu x", "err"
+        "| {:<14} | {:<10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
+        "scenario", "server", "msgs/s", "MB/s", "p50 us", "p99 us", "p99/mean", "cpu ns", "client ns", "RSS MiB", "B/conn", "x ref", "cpu x", "err"
     );
-    println!("|{}", "---|".repeat(13));
+    println!("|{}", "---|".repeat(14));
     for (label, server, row) in table {
         println!(
-            "| {:<14} | {:<10} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8} | {:>7} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
+            "| {:<14} | {:<10} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
             label,
             server.name(),
             row.msgs_per_s,
@@ -540,6 +542,7 @@ fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
             row.p99,
             opt(row.tail, 2),
             opt(row.cpu, 0),
+            opt(row.client_cpu, 0),
             opt(row.rss.map(|b| b / (1024.0 * 1024.0)), 1),
             opt(row.per_conn, 0),
             opt_spread(row.x_ref),

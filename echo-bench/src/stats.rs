@@ -27,6 +27,8 @@ pub struct RunResult {
     pub errors: u64,
     pub mismatches: u64,
     pub server_cpu_ns_per_msg: Option<f64>,
+    /// This load generator's own CPU per message: a client-bound run shows up here.
+    pub client_cpu_ns_per_msg: Option<f64>,
     pub server_rss_peak: Option<u64>,
     pub rss_per_conn: Option<f64>,
 }
@@ -63,6 +65,7 @@ impl RunResult {
             "errors": self.errors,
             "mismatches": self.mismatches,
             "server_cpu_ns_per_msg": self.server_cpu_ns_per_msg,
+            "client_cpu_ns_per_msg": self.client_cpu_ns_per_msg,
             "server_rss_peak": self.server_rss_peak,
             "rss_per_conn": self.rss_per_conn,
         });
@@ -85,6 +88,7 @@ pub struct Meter {
     server_pid: Option<u32>,
     began: Instant,
     cpu_at_begin: Option<u64>,
+    own_cpu_at_begin: Option<u64>,
     rss_peak: Option<u64>,
     last_sample: Instant,
     last_progress: Instant,
@@ -106,6 +110,7 @@ impl Meter {
             server_pid,
             began: now,
             cpu_at_begin: None,
+            own_cpu_at_begin: None,
             rss_peak: None,
             last_sample: now,
             last_progress: now,
@@ -122,6 +127,7 @@ impl Meter {
         self.bytes = 0;
         self.began = now;
         self.cpu_at_begin = self.server_pid.and_then(procstat::cpu_ns);
+        self.own_cpu_at_begin = procstat::cpu_ns(std::process::id());
         self.sample_rss();
     }
 
@@ -163,15 +169,17 @@ impl Meter {
             eprint!("\r{:100}\r", "");
         }
         let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
-        let cpu = match (
-            self.cpu_at_begin,
-            self.server_pid.and_then(procstat::cpu_ns),
-        ) {
+        let per_msg = |begin: Option<u64>, end: Option<u64>| match (begin, end) {
             (Some(a), Some(b)) if self.msgs > 0 => {
                 Some(b.saturating_sub(a) as f64 / self.msgs as f64)
             }
             _ => None,
         };
+        let cpu = per_msg(
+            self.cpu_at_begin,
+            self.server_pid.and_then(procstat::cpu_ns),
+        );
+        let own_cpu = per_msg(self.own_cpu_at_begin, procstat::cpu_ns(std::process::id()));
         RunResult {
             scenario: self.label.clone(),
             secs: now.duration_since(self.began).as_secs_f64(),
@@ -185,6 +193,7 @@ impl Meter {
             errors: self.errors,
             mismatches: self.mismatches,
             server_cpu_ns_per_msg: cpu,
+            client_cpu_ns_per_msg: own_cpu,
             server_rss_peak: self.rss_peak,
             ..RunResult::default()
         }
