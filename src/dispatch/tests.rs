@@ -568,7 +568,11 @@ fn accept_back_off_grows_and_is_capped() {
     // Counted under its kind too, and under no other.
     assert_eq!(report.accept_emfile, 9);
     assert_eq!(
-        (report.accept_enfile, report.accept_enobufs, report.accept_enomem),
+        (
+            report.accept_enfile,
+            report.accept_enobufs,
+            report.accept_enomem
+        ),
         (0, 0, 0)
     );
     // Success resets the back-off.
