@@ -57,6 +57,15 @@ impl Harness {
         Token::conn(sock, 0)
     }
 
+    /// Accepts `sock`, whose peer sends `n` bytes and reads nothing: they stay pending.
+    fn accept_unread(&mut self, sock: u32, n: usize) -> Token {
+        let t = self.accept(sock);
+        self.write_room = 0;
+        self.reads.push_back(ReadOutcome::Data(n)); // short read: the socket is empty
+        self.event(t, Readiness::READABLE);
+        t
+    }
+
     /// Performs actions until the core has none left.
     fn run(&mut self) {
         while let Some(action) = self.core.poll_action() {
@@ -130,11 +139,7 @@ fn input_keeps_a_connection_alive() {
 #[test]
 fn output_progress_keeps_a_connection_alive_and_a_stall_drops_it() {
     let mut h = Harness::new(Some(TIMEOUT));
-    let t = h.accept(0);
-    // The peer does not read: 1000 bytes stay pending.
-    h.write_room = 0;
-    h.reads.push_back(ReadOutcome::Data(1000)); // short read: the socket is empty
-    h.event(t, Readiness::READABLE);
+    let t = h.accept_unread(0, 1000);
     assert_eq!(h.core.pending_bytes(), 1000);
     // It drains 100 bytes every half timeout: slow, but traffic, and the only traffic.
     h.write_room = 100;
@@ -158,10 +163,7 @@ fn output_progress_keeps_a_connection_alive_and_a_stall_drops_it() {
 #[test]
 fn a_write_that_would_block_is_not_progress() {
     let mut h = Harness::new(Some(TIMEOUT));
-    let t = h.accept(0);
-    h.write_room = 0;
-    h.reads.push_back(ReadOutcome::Data(1000)); // short read: the socket is empty
-    h.event(t, Readiness::READABLE);
+    let t = h.accept_unread(0, 1000);
     // Writable edges keep coming, but the peer takes nothing.
     let mut waited = Duration::ZERO;
     while h.closed.is_empty() {
