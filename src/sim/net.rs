@@ -858,10 +858,7 @@ impl<E: Entropy> Io for SimNet<E> {
         let c = self.live(sock, "read");
         let asked = buf.len();
         let r = self.read_inner(c, buf);
-        let got = match &r {
-            Ok(n) => Ok(*n),
-            Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
-        };
+        let got = as_logged(&r);
         self.log(Ev::Read { c, asked, got });
         r
     }
@@ -870,10 +867,7 @@ impl<E: Entropy> Io for SimNet<E> {
         let c = self.live(sock, "write");
         let offered = buf.len();
         let r = self.write_inner(c, buf);
-        let took = match &r {
-            Ok(n) => Ok(*n),
-            Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
-        };
+        let took = as_logged(&r);
         self.log(Ev::Write { c, offered, took });
         r
     }
@@ -1081,5 +1075,13 @@ impl<E: Entropy> SimNet<E> {
         self.wake_client(c);
         self.progress();
         Ok(k)
+    }
+}
+
+/// A syscall result as the trace records it: the count, or the errno (-1 when there is none).
+fn as_logged(r: &io::Result<usize>) -> Result<usize, i32> {
+    match r {
+        Ok(n) => Ok(*n),
+        Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
     }
 }
