@@ -551,3 +551,41 @@ fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(msgs: u64, cpu: f64) -> RunResult {
+        RunResult {
+            msgs,
+            secs: 1.0,
+            server_cpu_ns_per_msg: Some(cpu),
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn ratios_pair_each_run_with_the_reference_run_of_the_same_round() {
+        // The machine slows down in round 1: paired ratios stay at 1.1 and 0.9 throughout, while
+        // a ratio of the medians across rounds would mix fast and slow rounds.
+        let results: Vec<Run> = vec![
+            (0, Server::Reference, run(1000, 100.0)),
+            (0, Server::Ours, run(1100, 90.0)),
+            (1, Server::Ours, run(550, 180.0)),
+            (1, Server::Reference, run(500, 200.0)),
+            (2, Server::Reference, run(2000, 50.0)),
+            (2, Server::Ours, run(2200, 45.0)),
+        ];
+        let row = summarize(Server::Ours, &results);
+        let x = row.x_ref.expect("paired throughput");
+        let c = row.cpu_x.expect("paired cpu");
+        for v in [x.median, x.min, x.max] {
+            assert!((v - 1.1).abs() < 1e-9, "throughput ratio {v}");
+        }
+        for v in [c.median, c.min, c.max] {
+            assert!((v - 0.9).abs() < 1e-9, "cpu ratio {v}");
+        }
+        assert_eq!(row.msgs_per_s, 1100.0);
+    }
+}
