@@ -24,8 +24,8 @@ test_suite() {
 
 # The model-based properties of the dispatch core, with many more cases than `cargo test` runs.
 proptest_suite() {
-    step "dispatch model properties, PROPTEST_CASES=1000"
-    PROPTEST_CASES=1000 cargo test --release --lib dispatch::model_tests
+    step "model properties, PROPTEST_CASES=1000"
+    PROPTEST_CASES=1000 cargo test --release --lib sim::model_tests
 }
 
 # Loom models of stop coordination, in their own target dir (every crate is built with --cfg loom).

@@ -1,6 +1,6 @@
 //! The boundary between the worker loop and the network. The real epoll shell
-//! ([`crate::sys::EpollShell`]) implements it, and so can a simulated network in tests, so the same
-//! loop runs over both.
+//! ([`crate::sys::EpollShell`]) implements it, and so does the simulated kernel of the tests, so the
+//! same loop runs over both.
 
 use std::io;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::dispatch::{Readiness, Token};
 
 /// One worker's view of the operating system: its epoll, listener, waker and clock.
-pub trait Io {
+pub(crate) trait Io {
     /// A connection's socket. Dropping it (or passing it to [`Io::close`]) closes it.
     type Socket;
 

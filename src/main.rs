@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use epoll_echo::stats::StatsLines;
 use epoll_echo::{Config, LiveStats, Server};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -60,14 +59,32 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))
 }
 
-/// Logs one line to stderr, best effort: `eprintln!` panics when stderr is closed or full.
+/// Writes each log record as one line to stderr, best effort: `eprintln!` panics when stderr is
+/// closed, and nothing in the environment may stop the server.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let _ = writeln!(std::io::stderr(), "epoll-echo: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
 macro_rules! log {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => { log::info!($($arg)*) };
 }
 
 fn main() -> ExitCode {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -78,7 +95,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            log!("epoll-echo: {}", first.trim_start_matches("error: "));
+            log!("{}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -103,24 +120,24 @@ fn main() -> ExitCode {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGUSR1);
     if let Err(e) = signals.thread_block() {
-        log!("epoll-echo: cannot block signals: {e}");
+        log!("cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
 
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {
-            log!("epoll-echo: {e}");
+            log!("{e}");
             return ExitCode::FAILURE;
         }
     };
     let listening = format!(
-        "epoll-echo: listening on {} with {} workers",
+        "listening on {} with {} workers",
         server.local_addr(),
         server.workers()
     );
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{listening}").and_then(|()| stdout.flush()) {
+    if let Err(e) = writeln!(stdout, "epoll-echo: {listening}").and_then(|()| stdout.flush()) {
         // Keep serving; the address still reaches the log.
         log!("{listening} (cannot write to stdout: {e})");
     }
@@ -129,18 +146,18 @@ fn main() -> ExitCode {
     let stats = server.live_stats();
     match wait_for_stop(&signals, &stats) {
         Ok(signal) => {
-            log!("epoll-echo: {signal}: stopping gracefully (send it again to exit at once)")
+            log!("{signal}: stopping gracefully (send it again to exit at once)")
         }
-        Err(e) => log!("epoll-echo: waiting for signals failed ({e}); stopping"),
+        Err(e) => log!("waiting for signals failed ({e}); stopping"),
     }
     std::thread::spawn(move || {
         if let Ok(signal) = wait_for_stop(&signals, &stats) {
-            log!("epoll-echo: {signal} again: exiting at once");
+            log!("{signal} again: exiting at once");
             std::process::exit(128 + signal as i32);
         }
     });
     let report = server.stop();
-    log!("epoll-echo: stopped: {report}");
+    log!("stopped: {report}");
     ExitCode::SUCCESS
 }
 
@@ -149,8 +166,11 @@ fn wait_for_stop(signals: &SigSet, stats: &LiveStats) -> nix::Result<Signal> {
     loop {
         match signals.wait()? {
             Signal::SIGUSR1 => {
-                // Best effort: a closed stderr must not take the server down.
-                let _ = writeln!(std::io::stderr(), "{}", StatsLines(&stats.per_worker()));
+                let workers = stats.per_worker();
+                for (i, report) in workers.iter().enumerate() {
+                    log!("stats worker={i} {report}");
+                }
+                log!("stats total {}", stats.total());
             }
             signal => return Ok(signal),
         }

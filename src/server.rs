@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::dispatch::{self, Report};
-use crate::limit::ConnLimit;
+use crate::dispatch::{ConnLimit, Settings};
+use crate::report::Report;
 use crate::shutdown::{Coordinator, Join, Wake};
 use crate::stats::{LiveStats, WorkerStats};
 use crate::sys::{bind_listener, EpollShell, Waker};
-use crate::worker::{self, Shared};
+use crate::worker::Worker;
 
 /// How to run the server.
 #[derive(Clone, Debug)]
@@ -36,7 +36,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let core = dispatch::Config::default();
+        let core = Settings::default();
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -45,6 +45,38 @@ impl Default for Config {
             max_conns: None,
             idle_timeout: core.idle_timeout,
         }
+    }
+}
+
+impl Config {
+    /// Checks every setting and turns them into the core's settings: the one place a `Config` is
+    /// validated.
+    fn settings(&self) -> Result<Settings, StartError> {
+        if self.workers == 0 {
+            return Err(StartError::InvalidConfig("at least one worker is needed"));
+        }
+        if self.max_pending == 0 {
+            return Err(StartError::InvalidConfig(
+                "max pending bytes must be at least 1",
+            ));
+        }
+        if self.max_conns == Some(0) {
+            return Err(StartError::InvalidConfig(
+                "max connections must be at least 1",
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(StartError::InvalidConfig(
+                "an idle timeout must be non-zero",
+            ));
+        }
+        Ok(Settings {
+            max_pending: self.max_pending,
+            drain_timeout: self.drain_timeout,
+            idle_timeout: self.idle_timeout,
+            limit: self.max_conns.map(|n| Arc::new(ConnLimit::new(n))),
+            ..Settings::default()
+        })
     }
 }
 
@@ -87,7 +119,7 @@ struct WorkerWaker(Arc<Waker>);
 impl Wake for WorkerWaker {
     fn wake(&self) {
         if let Err(e) = self.0.wake() {
-            log!("epoll-echo: cannot wake a worker: {e}");
+            log::error!("cannot wake a worker: {e}");
         }
     }
 }
@@ -99,11 +131,11 @@ impl Join for WorkerThread {
         match self.0.join() {
             Ok(Ok(report)) => Some(report),
             Ok(Err(e)) => {
-                log!("epoll-echo: a worker failed: {e}");
+                log::error!("a worker failed: {e}");
                 None
             }
             Err(_) => {
-                log!("epoll-echo: a worker panicked");
+                log::error!("a worker panicked");
                 None
             }
         }
@@ -121,24 +153,7 @@ pub struct Server {
 impl Server {
     /// Binds every listener, then starts the workers. On error nothing is left running or open.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        if config.workers == 0 {
-            return Err(StartError::InvalidConfig("at least one worker is needed"));
-        }
-        if config.max_pending == 0 {
-            return Err(StartError::InvalidConfig(
-                "max pending bytes must be at least 1",
-            ));
-        }
-        if config.max_conns == Some(0) {
-            return Err(StartError::InvalidConfig(
-                "max connections must be at least 1",
-            ));
-        }
-        if config.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(StartError::InvalidConfig(
-                "an idle timeout must be non-zero",
-            ));
-        }
+        let settings = config.settings()?;
         let bind = |addr| bind_listener(addr).map_err(|source| StartError::Bind { addr, source });
         let first = TcpListener::from(bind(config.addr)?);
         let local_addr = first.local_addr().map_err(StartError::Setup)?;
@@ -152,26 +167,15 @@ impl Server {
             let shell = EpollShell::new(listener, Arc::clone(&waker)).map_err(StartError::Setup)?;
             shells.push((waker, shell));
         }
-        let core = dispatch::Config {
-            max_pending: config.max_pending,
-            drain_timeout: config.drain_timeout,
-            idle_timeout: config.idle_timeout,
-            ..dispatch::Config::default()
-        };
-        let limit = config.max_conns.map(|n| Arc::new(ConnLimit::new(n)));
         let mut stats = Vec::with_capacity(shells.len());
         let mut workers = Vec::with_capacity(shells.len());
-        for (i, (waker, mut shell)) in shells.into_iter().enumerate() {
-            let core = core.clone();
-            let shared = Shared {
-                stats: Some(Arc::new(WorkerStats::default())),
-                limit: limit.clone(),
-                warnings: true,
-            };
-            stats.extend(shared.stats.clone());
+        for (i, (waker, shell)) in shells.into_iter().enumerate() {
+            let published = Arc::new(WorkerStats::default());
+            stats.push(Arc::clone(&published));
+            let worker = Worker::new(shell, settings.clone(), Some(published), true);
             let spawned = std::thread::Builder::new()
                 .name(format!("epoll-echo-{i}"))
-                .spawn(move || worker::run_with(&mut shell, core, &shared));
+                .spawn(move || worker.run());
             match spawned {
                 Ok(handle) => workers.push((WorkerWaker(waker), WorkerThread(handle))),
                 Err(e) => {

@@ -7,7 +7,7 @@
 use std::mem;
 use std::sync::PoisonError;
 
-use crate::dispatch::Report;
+use crate::report::Report;
 use crate::sync::Mutex;
 
 /// Something that can wake one worker.
@@ -71,6 +71,7 @@ impl<W: Wake, J: Join> Coordinator<W, J> {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
+    use crate::report::Counter;
     use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use loom::sync::{Arc, Condvar};
     use loom::thread;
@@ -145,10 +146,9 @@ mod loom_tests {
                 set = wflag.changed.wait(set).expect("flag lock");
             }
             wcounts.finished.fetch_add(1, SeqCst);
-            Report {
-                accepted: 1,
-                ..Report::default()
-            }
+            let mut report = Report::default();
+            report.count(Counter::Accepted);
+            report
         });
         let wake = ModelWake {
             flag,
@@ -181,7 +181,7 @@ mod loom_tests {
         explore("stop_racing_worker_start_and_wait", || {
             let counts = Arc::new(Counts::default());
             let coordinator = Coordinator::new(vec![worker(&counts), worker(&counts)]);
-            assert_eq!(coordinator.stop().accepted, 2);
+            assert_eq!(coordinator.stop()[Counter::Accepted], 2);
             assert_done(&counts, 2);
         });
     }
@@ -205,9 +205,9 @@ mod loom_tests {
                 })
                 .collect();
             for stopper in stoppers {
-                assert_eq!(stopper.join().expect("stopper").accepted, 1);
+                assert_eq!(stopper.join().expect("stopper")[Counter::Accepted], 1);
             }
-            assert_eq!(coordinator.stop().accepted, 1);
+            assert_eq!(coordinator.stop()[Counter::Accepted], 1);
             assert_done(&counts, 1);
         });
     }

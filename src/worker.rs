@@ -1,125 +1,143 @@
 //! The worker loop: wait for events, let the dispatch core decide, perform its actions, feed the
-//! outcomes back; until the core says shutdown is complete.
+//! outcomes back; until the core says shutdown is complete. [`Worker::perform`] is the one place an
+//! action is carried out, over the real shell and the simulated kernel alike.
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
-    self, AcceptOutcome, Action, Dispatcher, ReadOutcome, Report, Token, WriteOutcome,
+    AcceptOutcome, Action, Dispatcher, ReadOutcome, ResourceError, Settings, Token, WriteOutcome,
 };
 use crate::io::Io;
-use crate::limit::ConnLimit;
+use crate::report::Report;
 use crate::stats::WorkerStats;
 
 /// Least time between two log lines about failing accepts.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a worker shares with the rest of the server.
-#[derive(Clone, Debug, Default)]
-pub struct Shared {
-    /// Where the worker publishes its counters once per loop turn.
-    pub stats: Option<Arc<WorkerStats>>,
-    /// The server-wide connection limit.
-    pub limit: Option<Arc<ConnLimit>>,
-    /// Whether to print rate-limited warnings to stderr; off for simulated and fuzzed runs, whose
-    /// injected failures would flood it.
-    pub warnings: bool,
+/// One worker: its core and its view of the operating system.
+pub(crate) struct Worker<I: Io> {
+    io: I,
+    core: Dispatcher<I::Socket>,
+    /// Where the counters are published once per loop turn.
+    stats: Option<Arc<WorkerStats>>,
+    /// When the last accept-failure warning was logged; `None` also when warnings are off.
+    warned: Warnings,
 }
 
-/// Runs one worker until it is woken for shutdown and has drained. Returns its report; an error only
-/// when waiting for events itself fails, which no peer can cause.
-pub fn run<I: Io>(io: &mut I, config: dispatch::Config) -> io::Result<Report> {
-    run_with(io, config, &Shared::default())
+/// Rate-limited warnings about failing accepts; off for simulated and fuzzed runs, whose injected
+/// failures would flood the log.
+enum Warnings {
+    Off,
+    On { last: Option<Instant> },
 }
 
-/// [`run`], publishing counters and keeping the connection limit in `shared`.
-pub fn run_with<I: Io>(
-    io: &mut I,
-    config: dispatch::Config,
-    shared: &Shared,
-) -> io::Result<Report> {
-    let mut core = Dispatcher::new(config, io.now());
-    let mut descriptors_closed = 0;
-    let mut rejected = 0;
-    let mut last_accept_log: Option<Instant> = None;
-    loop {
+impl<I: Io> Worker<I> {
+    /// A worker whose counters are published to `stats` and whose accept failures are logged when
+    /// `warn` is true.
+    pub fn new(io: I, settings: Settings, stats: Option<Arc<WorkerStats>>, warn: bool) -> Self {
+        let core = Dispatcher::new(settings, io.now());
+        Worker {
+            io,
+            core,
+            stats,
+            warned: if warn {
+                Warnings::On { last: None }
+            } else {
+                Warnings::Off
+            },
+        }
+    }
+
+    /// Runs until woken for shutdown and drained. Returns the report; an error only when waiting
+    /// for events itself fails, which no peer can cause.
+    pub fn run(mut self) -> io::Result<Report> {
+        while !self.turn()? {}
+        Ok(self.core.report())
+    }
+
+    /// One turn of the loop: wait, feed events, time and the stop to the core, perform every action
+    /// of the round, publish the counters. Returns true once the core has finished.
+    pub fn turn(&mut self) -> io::Result<bool> {
         let mut woken = false;
-        io.wait(core.poll_timeout(), |token, readiness| {
+        let core = &mut self.core;
+        self.io.wait(core.poll_timeout(), |token, readiness| {
             if token == Token::WAKER {
                 woken = true;
             } else {
                 core.handle_event(token, readiness);
             }
         })?;
-        core.handle_time(io.now());
+        self.core.handle_time(self.io.now());
         if woken {
-            io.clear_wake();
-            core.handle_stop();
+            self.io.clear_wake();
+            self.core.handle_stop();
         }
-        while let Some(action) = core.poll_action() {
-            match action {
-                Action::Accept => {
-                    let mut outcome = AcceptOutcome::from_result(io.accept());
-                    if let (AcceptOutcome::Accepted(_), Some(limit)) = (&outcome, &shared.limit) {
-                        if !limit.try_acquire() {
-                            // At --max-conns: close at once and keep draining the backlog.
-                            if let AcceptOutcome::Accepted(sock) = outcome {
-                                io.close(sock);
-                            }
-                            descriptors_closed += 1;
-                            rejected += 1;
-                            outcome = AcceptOutcome::Aborted;
-                        }
-                    }
-                    if let AcceptOutcome::Exhausted(kind) = &outcome {
-                        let now = io.now();
-                        if shared.warnings
-                            && last_accept_log
-                                .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL)
-                        {
-                            last_accept_log = Some(now);
-                            log!("epoll-echo: accept failed ({kind:?}); backing off, existing connections still served");
-                        }
-                    }
-                    core.handle_accept(outcome);
+        while let Some(action) = self.core.poll_action() {
+            self.perform(action);
+        }
+        if let Some(stats) = &self.stats {
+            stats.publish(&self.core.report());
+        }
+        Ok(self.core.is_finished())
+    }
+
+    /// Carries out one action and feeds its outcome back to the core.
+    fn perform(&mut self, action: Action<I::Socket>) {
+        let (io, core) = (&mut self.io, &mut self.core);
+        match action {
+            Action::Accept => {
+                let outcome = AcceptOutcome::from_result(io.accept());
+                if let AcceptOutcome::Exhausted(kind) = &outcome {
+                    self.warned.accept_failed(*kind, io.now());
                 }
-                Action::Register(token) => {
-                    let registered = io.register(core.socket(token), token).is_ok();
-                    core.handle_register(token, registered);
-                }
-                Action::Read { token, .. } => {
-                    let (sock, buf) = core.read_target(token);
-                    let outcome = ReadOutcome::from_result(io.read(sock, buf));
-                    core.handle_read(token, outcome);
-                }
-                Action::Write(token) => {
-                    let (sock, bytes) = core.write_target(token);
-                    let outcome = WriteOutcome::from_result(io.write(sock, bytes));
-                    core.handle_write(token, outcome);
-                }
-                Action::ShutdownWrite(token) => io.shutdown_write(core.socket(token)),
-                Action::Close(sock) => {
-                    io.close(sock);
-                    descriptors_closed += 1;
-                    if let Some(limit) = &shared.limit {
-                        limit.release();
-                    }
-                }
-                Action::CloseListener => {
-                    io.close_listener();
-                    descriptors_closed += 1;
-                }
+                core.handle_accept(outcome);
             }
+            Action::Register(token) => {
+                let registered = io.register(core.socket(token), token).is_ok();
+                core.handle_register(token, registered);
+            }
+            Action::Read { token, .. } => {
+                let (sock, buf) = core.read_target(token);
+                let outcome = ReadOutcome::from_result(io.read(sock, buf));
+                core.handle_read(token, outcome);
+            }
+            Action::Write(token) => {
+                let (sock, bytes) = core.write_target(token);
+                let outcome = WriteOutcome::from_result(io.write(sock, bytes));
+                core.handle_write(token, outcome);
+            }
+            Action::ShutdownWrite(token) => io.shutdown_write(core.socket(token)),
+            Action::Close(sock) => io.close(sock),
+            Action::CloseListener => io.close_listener(),
         }
-        let mut report = core.report();
-        report.descriptors_closed = descriptors_closed;
-        report.rejected = rejected;
-        if let Some(stats) = &shared.stats {
-            stats.publish(&report);
-        }
-        if core.is_finished() {
-            return Ok(report);
+    }
+
+    /// The core, for tests that check it between turns.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn core(&self) -> &Dispatcher<I::Socket> {
+        &self.core
+    }
+
+    /// The shell, for tests that act on the simulated network between turns.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn io_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    #[cfg(any(test, feature = "sim"))]
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+}
+
+impl Warnings {
+    fn accept_failed(&mut self, kind: ResourceError, now: Instant) {
+        let Warnings::On { last } = self else { return };
+        if last.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_INTERVAL) {
+            *last = Some(now);
+            log::warn!("accept failed ({kind:?}); backing off, existing connections still served");
         }
     }
 }

@@ -6,27 +6,19 @@
 //! verdict depends on timing: waits are bounded only to turn a hang into a failure, and the CPU bound
 //! is a generous fraction of the wall time.
 
-#[path = "resilience/client.rs"]
-mod client;
-#[path = "resilience/server.rs"]
-mod server;
+mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use client::{connect, echoes, read_verified, End, Pattern, CHUNK};
+use common::process::{rss_of, Process};
+use common::{connect, echoes, eventually, read_verified, serial, End, Pattern, CHUNK, PATIENCE};
+use epoll_echo::{Counter, Derived};
 use nix::sys::socket::{setsockopt, sockopt};
-use server::{eventually, rss_of, ServerProc, PATIENCE};
-
-/// One test at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// True when the server closed the connection (EOF or reset) instead of answering.
 fn closed_by_server(s: &mut TcpStream) -> bool {
@@ -44,15 +36,15 @@ fn at_the_descriptor_limit_the_server_idles_keeps_serving_and_recovers() {
     let _serial = serial();
     let started = Instant::now();
     // 32 descriptors: the standard three, epoll, waker and listener leave 26 for connections.
-    let mut server = ServerProc::start(&["--maxListeners", "1"], Some(32));
-    let mut early: Vec<TcpStream> = (0..4).map(|_| connect(server.addr)).collect();
+    let (mut server, addr) = Process::start_with(&["--maxListeners", "1"], Some(32));
+    let mut early: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
     for s in &mut early {
         assert!(echoes(s, b"before the flood"));
     }
     // More clients than descriptors: the surplus waits in the backlog.
-    let flood: Vec<TcpStream> = (0..60).map(|_| connect(server.addr)).collect();
+    let flood: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();
     assert!(
-        eventually(|| server.stats()["accept_emfile"] > 0),
+        eventually(|| server.stats()[Counter::AcceptEmfile] > 0),
         "the server never ran out of descriptors"
     );
 
@@ -77,19 +69,19 @@ fn at_the_descriptor_limit_the_server_idles_keeps_serving_and_recovers() {
     drop(early);
     // Descriptors free up as the server sees the closes; a newcomer is then served.
     assert!(
-        eventually(|| echoes(&mut connect(server.addr), b"after")),
+        eventually(|| echoes(&mut connect(addr), b"after")),
         "no recovery after the clients left"
     );
 
     let exit = server.terminate();
-    exit.assert_clean();
-    assert!(exit.report["accept_emfile"] > 0);
+    let report = exit.assert_clean();
+    assert!(report[Counter::AcceptEmfile] > 0);
     assert_eq!(
-        exit.report["accept_exhausted"],
-        exit.report["accept_emfile"]
+        report.derived(Derived::AcceptExhausted),
+        report[Counter::AcceptEmfile]
     );
     let accept_logs = exit
-        .log
+        .stderr
         .iter()
         .filter(|l| l.contains("accept failed"))
         .count();
@@ -103,14 +95,14 @@ fn at_the_descriptor_limit_the_server_idles_keeps_serving_and_recovers() {
 #[test]
 fn churn_and_resets_leave_no_descriptor_behind() {
     let _serial = serial();
-    let server = ServerProc::start(&["--maxListeners", "2"], None);
+    let (server, addr) = Process::start(&["--maxListeners", "2"]);
     let baseline = server.descriptors();
     for i in 0..5000u32 {
-        let mut s = connect(server.addr);
+        let mut s = connect(addr);
         assert!(echoes(&mut s, &i.to_le_bytes()), "cycle {i} did not echo");
     }
     for i in 0..200u32 {
-        let mut s = connect(server.addr);
+        let mut s = connect(addr);
         assert!(echoes(&mut s, &i.to_le_bytes()), "reset {i} did not echo");
         // Linger 0: the close sends RST instead of FIN.
         let abort = nix::libc::linger {
@@ -128,8 +120,8 @@ fn churn_and_resets_leave_no_descriptor_behind() {
     assert!(settled, "descriptors {now} never returned to {baseline}");
 
     let exit = server.terminate();
-    exit.assert_clean();
-    assert_eq!(exit.report["accepted"], 5200);
+    let report = exit.assert_clean();
+    assert_eq!(report[Counter::Accepted], 5200);
 }
 
 #[test]
@@ -139,16 +131,16 @@ fn a_peer_that_does_not_read_costs_at_most_the_cap_and_loses_nothing() {
     /// Allocator and bookkeeping noise allowed on top of the cap.
     const MARGIN: u64 = 2 << 20;
     let _serial = serial();
-    let mut server = ServerProc::start(&["--maxListeners", "1", "--max-pending", "65536"], None);
+    let (mut server, addr) = Process::start(&["--maxListeners", "1", "--max-pending", "65536"]);
     // Warm the worker's scratch buffer so the baseline includes it.
-    let mut warm = connect(server.addr);
+    let mut warm = connect(addr);
     for _ in 0..4 {
         assert!(echoes(&mut warm, &[0x5a; 60_000]));
     }
     drop(warm);
     let baseline = server.rss();
 
-    let stream = connect(server.addr);
+    let stream = connect(addr);
     stream
         .set_write_timeout(Some(PATIENCE))
         .expect("write timeout");
@@ -184,7 +176,7 @@ fn a_peer_that_does_not_read_costs_at_most_the_cap_and_loses_nothing() {
     );
     let stalled = server.rss();
     assert!(
-        eventually(|| server.stats()["backpressure_pauses"] >= 1),
+        eventually(|| server.stats()[Counter::BackpressurePauses] >= 1),
         "the server never paused"
     );
     let growth = stalled.saturating_sub(baseline);
@@ -227,9 +219,9 @@ fn a_peer_that_does_not_read_costs_at_most_the_cap_and_loses_nothing() {
     assert_eq!(reader.read(&mut rest).expect("EOF after half-close"), 0);
 
     let exit = server.terminate();
-    exit.assert_clean();
-    assert_eq!(exit.report["bytes_read"], TOTAL + 240_000);
-    assert_eq!(exit.report["bytes_dropped"], 0);
+    let report = exit.assert_clean();
+    assert_eq!(report[Counter::BytesRead], TOTAL + 240_000);
+    assert_eq!(report[Counter::BytesDropped], 0);
 }
 
 #[test]
@@ -237,11 +229,11 @@ fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
     const CONNS: u64 = 16;
     const DRAIN: Duration = Duration::from_secs(10);
     let _serial = serial();
-    let mut server = ServerProc::start(&["--maxListeners", "2", "--drain-timeout", "10s"], None);
+    let (mut server, addr) = Process::start(&["--maxListeners", "2", "--drain-timeout", "10s"]);
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     for i in 0..CONNS {
-        let mut rx = connect(server.addr);
+        let mut rx = connect(addr);
         let mut tx = rx.try_clone().expect("clone");
         let stop = Arc::new(AtomicBool::new(false));
         let stop_writer = Arc::clone(&stop);
@@ -264,7 +256,7 @@ fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
         }));
     }
     assert!(
-        eventually(|| server.stats()["bytes_written"] >= CONNS << 20),
+        eventually(|| server.stats()[Counter::BytesWritten] >= CONNS << 20),
         "the connections never got going"
     );
 
@@ -276,26 +268,29 @@ fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
     for w in writers {
         w.join().expect("writer");
     }
-    exit.assert_clean();
+    let report = exit.assert_clean();
     assert!(
         exit.took < DRAIN + Duration::from_secs(30),
         "stop took {:?}",
         exit.took
     );
     let received: u64 = ends.iter().map(|(n, _)| n).sum();
-    let r = &exit.report;
+    let r = &report;
     println!(
         "sigterm while streaming: read {} written {} dropped {} received {received} in {:?}",
-        r["bytes_read"], r["bytes_written"], r["bytes_dropped"], exit.took
+        r[Counter::BytesRead],
+        r[Counter::BytesWritten],
+        r[Counter::BytesDropped],
+        exit.took
     );
     if ends.iter().all(|(_, end)| *end == End::Eof) {
         // Every connection was flushed and closed with FIN: all that was written arrived.
-        assert_eq!(received, r["bytes_written"]);
+        assert_eq!(received, r[Counter::BytesWritten]);
     } else {
         // A reset at the deadline may destroy bytes in flight, never create any.
-        assert!(received <= r["bytes_written"]);
+        assert!(received <= r[Counter::BytesWritten]);
         assert!(
-            r["deadline_closes"] > 0,
+            r[Counter::DeadlineCloses] > 0,
             "reset without the deadline: {r:?}"
         );
     }
@@ -304,8 +299,8 @@ fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
 #[test]
 fn silent_connections_are_closed_after_the_idle_timeout() {
     let _serial = serial();
-    let server = ServerProc::start(&["--maxListeners", "1", "--idle-timeout", "300ms"], None);
-    let mut s = connect(server.addr);
+    let (server, addr) = Process::start(&["--maxListeners", "1", "--idle-timeout", "300ms"]);
+    let mut s = connect(addr);
     assert!(echoes(&mut s, b"hello"));
     let mut byte = [0; 1];
     let r = s.read(&mut byte);
@@ -314,19 +309,19 @@ fn silent_connections_are_closed_after_the_idle_timeout() {
         "expected the server to close the idle connection, got {r:?}"
     );
     let exit = server.terminate();
-    exit.assert_clean();
-    assert_eq!(exit.report["idle_closes"], 1);
+    let report = exit.assert_clean();
+    assert_eq!(report[Counter::IdleCloses], 1);
 }
 
 #[test]
 fn at_max_conns_new_connections_are_closed_and_counted_until_one_leaves() {
     let _serial = serial();
-    let mut server = ServerProc::start(&["--maxListeners", "2", "--max-conns", "3"], None);
-    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    let (mut server, addr) = Process::start(&["--maxListeners", "2", "--max-conns", "3"]);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     for s in &mut held {
         assert!(echoes(s, b"inside the limit"));
     }
-    let mut extra = connect(server.addr);
+    let mut extra = connect(addr);
     assert!(
         closed_by_server(&mut extra),
         "a fourth connection was served"
@@ -339,28 +334,28 @@ fn at_max_conns_new_connections_are_closed_and_counted_until_one_leaves() {
     assert!(
         eventually(|| {
             stats = server.stats();
-            stats["rejected"] >= 1
+            stats[Counter::Rejected] >= 1
         }),
         "no rejection counted: {stats:?}"
     );
-    assert_eq!(stats["active"], 3);
+    assert_eq!(stats.active(), 3);
 
     drop(held.pop());
     assert!(
-        eventually(|| echoes(&mut connect(server.addr), b"a slot is free")),
+        eventually(|| echoes(&mut connect(addr), b"a slot is free")),
         "no connection admitted after one left"
     );
     drop(held);
     let exit = server.terminate();
-    exit.assert_clean();
-    assert!(exit.report["rejected"] >= 1);
+    let report = exit.assert_clean();
+    assert!(report[Counter::Rejected] >= 1);
 }
 
 #[test]
 fn a_stalled_peer_is_closed_at_the_drain_deadline_and_its_bytes_counted_dropped() {
     let _serial = serial();
-    let mut server = ServerProc::start(&["--maxListeners", "1", "--drain-timeout", "500ms"], None);
-    let mut s = connect(server.addr);
+    let (mut server, addr) = Process::start(&["--maxListeners", "1", "--drain-timeout", "500ms"]);
+    let mut s = connect(addr);
     s.set_nonblocking(true).expect("nonblocking");
     let chunk = vec![0x33; CHUNK];
     // Write without ever reading until the server stops reading us.
@@ -369,16 +364,16 @@ fn a_stalled_peer_is_closed_at_the_drain_deadline_and_its_bytes_counted_dropped(
             while let Ok(n) = s.write(&chunk) {
                 assert!(n > 0);
             }
-            server.stats()["backpressure_pauses"] >= 1
+            server.stats()[Counter::BackpressurePauses] >= 1
         }),
         "the server never hit the pending cap"
     );
     let exit = server.terminate();
-    exit.assert_clean();
-    let r = &exit.report;
+    let report = exit.assert_clean();
+    let r = &report;
     println!("stalled peer: closed after {:?}: {r:?}", exit.took);
-    assert_eq!(r["deadline_closes"], 1);
-    assert!(r["bytes_dropped"] > 0 && r["bytes_dropped"] <= 64 * 1024);
+    assert_eq!(r[Counter::DeadlineCloses], 1);
+    assert!(r[Counter::BytesDropped] > 0 && r[Counter::BytesDropped] <= 64 * 1024);
     // The deadline is a lower bound: nothing closes the stalled peer sooner.
     assert!(exit.took >= Duration::from_millis(500));
 }
@@ -395,17 +390,17 @@ fn ten_thousand_concurrent_connections_all_echo_in_little_memory() {
     );
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the soft limit");
 
-    let mut server = ServerProc::start(&["--maxListeners", "2"], Some(12_000));
+    let (mut server, addr) = Process::start_with(&["--maxListeners", "2"], Some(12_000));
     // Warm both workers' scratch buffers so the baseline holds them.
-    let mut warm: Vec<TcpStream> = (0..16).map(|_| connect(server.addr)).collect();
+    let mut warm: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
     for s in &mut warm {
         assert!(echoes(s, &[1; 60_000]));
     }
     drop(warm);
-    assert!(eventually(|| server.stats()["active"] == 0));
+    assert!(eventually(|| server.stats().active() == 0));
     let baseline = server.rss();
 
-    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| connect(server.addr)).collect();
+    let mut conns: Vec<TcpStream> = (0..CONNS).map(|_| connect(addr)).collect();
     for (i, s) in conns.iter_mut().enumerate() {
         s.write_all(&(i as u32).to_le_bytes()).expect("write");
     }
@@ -418,7 +413,7 @@ fn ten_thousand_concurrent_connections_all_echo_in_little_memory() {
             "connection {i} echoed wrong bytes"
         );
     }
-    assert!(eventually(|| server.stats()["active"] == CONNS as u64));
+    assert!(eventually(|| server.stats().active() == CONNS as u64));
     let rss = server.rss();
     let per_conn = rss.saturating_sub(baseline) / CONNS as u64;
     println!("{CONNS} idle connections: server RSS {baseline} -> {rss}, {per_conn} bytes each");
@@ -429,6 +424,6 @@ fn ten_thousand_concurrent_connections_all_echo_in_little_memory() {
 
     drop(conns);
     let exit = server.terminate();
-    exit.assert_clean();
-    assert_eq!(exit.report["accepted"], CONNS as u64 + 16);
+    let report = exit.assert_clean();
+    assert_eq!(report[Counter::Accepted], CONNS as u64 + 16);
 }

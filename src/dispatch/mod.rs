@@ -1,331 +1,297 @@
 //! The pure event-dispatch core of one worker. It performs no I/O, opens nothing, reads no clock and
 //! starts no thread: the shell tells it what happened and it answers what to do next.
 //!
-//! # Call order (the run loop)
+//! # Call order (the run loop, as `worker.rs` runs it)
 //!
-//! 1. Wait for events, with the timeout from [`Dispatcher::poll_timeout`].
-//! 2. Call [`Dispatcher::handle_time`] with the current time, then [`Dispatcher::handle_event`] for each
-//!    event ([`Dispatcher::handle_stop`] for the wake-up).
+//! 1. Wait for events, at most until [`Dispatcher::poll_timeout`].
+//! 2. Feed each event to [`Dispatcher::handle_event`], then the current time to
+//!    [`Dispatcher::handle_time`], then, if the wake-up came, call [`Dispatcher::handle_stop`].
 //! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] and, for
 //!    `Accept`, `Register`, `Read` and `Write`, feeding the outcome back with the matching `handle_*`
 //!    before asking again. `None` ends one round; the loop then waits again.
 //! 4. Stop when [`Dispatcher::is_finished`] is true and take the [`Report`].
 //!
+//! # What it is made of
+//!
+//! - [`table`]: the connections, in generational slots named by [`Token`]s.
+//! - [`conn`]: one connection's state and the one function that decides its next step.
+//! - [`scheduler`]: the ready queue, rounds, turns and budgets.
+//! - [`timers`]: accept back-off, idle sweep and drain deadline in one table.
+//! - This file: the decisions that join them, and the counting.
+//!
 //! # Decisions it owns
 //!
 //! - **Echo and partial writes.** Bytes read land in the worker's scratch buffer and are written
-//!   straight back; whatever the kernel did not take is kept in that connection's [`OutBuf`] and written
-//!   on the next writable edge, before anything read later.
+//!   straight back; whatever the kernel did not take is kept in that connection's pending output and
+//!   written on the next writable edge, before anything read later.
 //! - **Backpressure.** A connection whose pending output reaches the cap is not read until it drains.
-//!   Its unread data got its edge already, so the connection stays marked readable and is queued again
-//!   as soon as a write makes room.
+//!   Its unread data got its edge already, so it stays known as readable and is queued again as soon
+//!   as a write makes room.
 //! - **Edge-triggered drain with fairness.** A readable connection is read until would-block, EOF, a
-//!   short read (the socket is empty: new data raises a new edge) or the per-turn budget; a connection
-//!   that used its budget goes to the back of the ready queue. Each round serves the queue as it stood
-//!   when the round began, so new events are collected between rounds and nobody starves. The listener
-//!   takes turns the same way.
-//! - **Half-close.** EOF from the peer: flush the pending output, then close (the receive queue is empty,
-//!   so the close sends FIN, never RST).
+//!   short read (the socket is empty: new data raises a new edge; not after the peer's FIN, where
+//!   only EOF proves it) or the per-turn budget; a connection that used its budget goes to the back
+//!   of the ready queue. The listener takes turns the same way.
+//! - **Half-close.** EOF from the peer: flush the pending output, then close (the receive queue is
+//!   empty, so the close sends FIN, never RST).
 //! - **Errors** close only the connection concerned; `EINTR` repeats the operation.
 //! - **Accept failures** for lack of resources stop accepting until a back-off timer (growing, capped
-//!   at [`MAX_ACCEPT_BACKOFF`]) fires or a connection of this worker closes, then retry even without a
-//!   new edge, since connections may be waiting in the backlog.
+//!   at [`MAX_ACCEPT_BACKOFF`]) fires or a connection of this worker closes, then retry even without
+//!   a new edge, since connections may be waiting in the backlog.
+//! - **Connection limit.** At the server-wide limit a new connection is closed at once and counted
+//!   as rejected; each close gives its slot back.
 //! - **Idle timeout** (optional). A connection with no bytes read or written for the timeout is
-//!   closed, its pending bytes counted as dropped. Each connection keeps a coarse `u32` tick of its
-//!   last activity and one sweep per tick finds the expired ones (see [`idle`]), so the deadline the
-//!   shell waits for is one per worker, not one per connection.
-//! - **Shutdown.** Close the listener, stop echoing new input, flush what was read, shut the write side,
-//!   then read and discard until the peer closes (a close with unread input would send RST and could
-//!   destroy echoed bytes still in flight), all bounded by the drain deadline, at which whatever remains
-//!   is closed and its pending bytes counted as dropped.
+//!   closed, its pending bytes counted as dropped; one sweep per tick finds them (see [`idle`]).
+//! - **Shutdown.** Close the listener, stop echoing new input, flush what was read, shut the write
+//!   side, then read and discard until the peer closes (a close with unread input would send RST and
+//!   could destroy echoed bytes still in flight), all bounded by the drain deadline, at which
+//!   whatever remains is closed and its pending bytes counted as dropped.
 
+mod conn;
 mod idle;
-mod io;
+mod interface;
+mod limit;
 mod outbuf;
-mod report;
-mod token;
+mod scheduler;
+mod table;
+mod timers;
 
-#[cfg(test)]
-mod idle_tests;
-#[cfg(test)]
-mod model_tests;
 #[cfg(test)]
 mod tests;
 
-use idle::IdleClock;
-pub use io::{AcceptOutcome, Action, ReadOutcome, Readiness, ResourceError, WriteOutcome};
-pub use outbuf::OutBuf;
-pub use report::Report;
-pub use token::Token;
+pub(crate) use interface::{
+    AcceptOutcome, Action, ReadOutcome, Readiness, ResourceError, WriteOutcome,
+};
+pub(crate) use limit::ConnLimit;
+pub(crate) use table::Token;
+#[cfg(any(test, feature = "sim"))]
+pub(crate) use timers::MAX_ACCEPT_BACKOFF;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// First delay after an accept failure for lack of resources.
-pub const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-/// Longest delay between accept retries, so a waiting backlog is served within about half a second.
-pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+use crate::report::{Counter, Report};
+use conn::{Conn, Input, Output, Room, Step};
+use idle::IdleClock;
+use limit::Lease;
+use scheduler::{Scheduler, Turn};
+use table::Table;
+use timers::{after, Timer, Timers};
 
-/// Tunables of the core.
+/// The core's tunables, built from the server's validated `Config` (or by a test).
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Settings {
     /// Cap on one connection's pending output, in bytes (at least 1).
     pub max_pending: usize,
     /// How long shutdown may spend flushing before closing what remains.
     pub drain_timeout: Duration,
-    /// Size of the per-worker read buffer.
+    /// Size of the per-worker read buffer (at least 1).
     pub scratch_len: usize,
     /// Reads one connection may do in one turn before others are served.
     pub reads_per_turn: u32,
     /// Accepts in one listener turn.
     pub accepts_per_turn: u32,
-    /// Close connections silent in both directions for this long (`None`: never; must be non-zero).
+    /// Close connections silent in both directions for this long (`None`: never; non-zero).
     pub idle_timeout: Option<Duration>,
+    /// The server-wide connection limit, if any.
+    pub limit: Option<Arc<ConnLimit>>,
 }
 
-impl Default for Config {
+impl Default for Settings {
     fn default() -> Self {
-        Config {
+        Settings {
             max_pending: 64 * 1024,
             drain_timeout: Duration::from_secs(5),
             scratch_len: 64 * 1024,
             reads_per_turn: 16,
             accepts_per_turn: 64,
             idle_timeout: None,
+            limit: None,
         }
     }
 }
 
-/// Per-connection state. Flags record what the last edges and outcomes said.
-#[derive(Debug)]
-struct Conn<S> {
-    sock: S,
-    pending: OutBuf,
-    /// Input may be waiting (an edge came and no read has shown the socket empty since).
-    readable: bool,
-    /// The send buffer may have room (no would-block or partial write since the last writable edge).
-    writable: bool,
-    /// The peer announced the end of its input (RDHUP/HUP): only a 0-byte read proves the socket empty.
-    peer_finished: bool,
-    /// `read` returned 0.
-    eof: bool,
-    /// Shutdown sent our FIN; reads are now only discarded.
-    write_shut: bool,
-    /// An error edge came: close at the next turn.
-    failed: bool,
-    /// The connection's token is in the ready queue.
-    queued: bool,
-    /// Idle-clock tick of the last byte read or written (0 when there is no idle timeout).
-    last_active: u32,
-}
-
-impl<S> Conn<S> {
-    fn new(sock: S, last_active: u32) -> Self {
-        Conn {
-            sock,
-            pending: OutBuf::default(),
-            readable: false,
-            writable: true,
-            peer_finished: false,
-            eof: false,
-            write_shut: false,
-            failed: false,
-            queued: false,
-            last_active,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Slot<S> {
-    generation: u32,
-    conn: Option<Conn<S>>,
-}
-
-/// The operation whose outcome the core waits for.
+/// An operation whose outcome the core waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Awaiting {
+enum Op {
     Accept,
     Register(Token),
     Read(Token, usize),
-    /// Writing `scratch[start..end]`, or the pending buffer when `None`.
-    Write(Token, Option<(usize, usize)>),
+    Write(Token, Source),
 }
 
-/// Whose turn it is.
-#[derive(Clone, Copy, Debug)]
-enum Turn {
-    Listener { accepts_left: u32 },
-    Conn { token: Token, reads_left: u32 },
+/// What a write sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The first `n` bytes of the scratch buffer, just read.
+    Scratch(usize),
+    /// The connection's pending output.
+    Pending,
 }
 
+impl Op {
+    fn action<S>(self) -> Action<S> {
+        match self {
+            Op::Accept => Action::Accept,
+            Op::Register(token) => Action::Register(token),
+            Op::Read(token, len) => Action::Read { token, len },
+            Op::Write(token, _) => Action::Write(token),
+        }
+    }
+}
+
+/// What the core asks of the shell, in the order it asks.
 #[derive(Debug)]
-struct Listener {
-    open: bool,
-    /// A connection may be waiting in the backlog.
-    ready: bool,
-    queued: bool,
-    /// No accepting before this instant.
-    backoff_until: Option<Instant>,
-    /// The delay used after the next failure.
-    next_backoff: Duration,
+struct Outbox<S> {
+    /// Actions that need no outcome (closes, shutdowns), served first.
+    actions: VecDeque<Action<S>>,
+    /// The operation to issue next, before the turn continues (a write after a read, a retry).
+    next: Option<Op>,
+    /// The operation issued and not yet reported.
+    in_flight: Option<Op>,
+}
+
+/// The listening socket as the core sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Listener {
+    /// Accepting. `backlog`: a connection may be waiting (an edge came and no accept found the
+    /// queue empty since); `queued`: the listener is in the ready queue.
+    Open {
+        backlog: bool,
+        queued: bool,
+    },
+    Closed,
 }
 
 /// The event-dispatch state machine of one worker; `S` is the shell's socket type.
 #[derive(Debug)]
-pub struct Dispatcher<S> {
-    config: Config,
+pub(crate) struct Dispatcher<S> {
+    settings: Settings,
     now: Instant,
-    slots: Vec<Slot<S>>,
-    free: Vec<u32>,
-    active: usize,
-    /// Connections (and the listener) with work to do, in the order they get turns.
-    ready: VecDeque<Token>,
-    /// Turns left in the current round; `None` between rounds.
-    round_left: Option<usize>,
-    turn: Option<Turn>,
-    /// The operation to issue next, before the turn continues (a write after a read, a retry).
-    followup: Option<Awaiting>,
-    /// The operation issued and not yet reported.
-    awaiting: Option<Awaiting>,
-    /// Actions that need no outcome (closes, shutdowns), served first.
-    actions: VecDeque<Action<S>>,
-    scratch: Box<[u8]>,
-    listener: Listener,
-    /// Set once shutdown began: when the drain must end.
-    drain_deadline: Option<Instant>,
+    conns: Table<Conn<S>>,
+    scheduler: Scheduler,
+    timers: Timers,
     /// Present when an idle timeout is configured.
     idle: Option<IdleClock>,
-    /// When to sweep for idle connections next; `None` while there is nothing to sweep.
-    next_sweep: Option<Instant>,
-    report: Report,
+    listener: Listener,
+    /// The stop began.
+    stopping: bool,
+    outbox: Outbox<S>,
+    scratch: Box<[u8]>,
+    /// This worker's slots of the connection limit, if there is one.
+    lease: Option<Lease>,
+    counts: Report,
 }
 
 impl<S> Dispatcher<S> {
     /// A dispatcher for a worker whose listener is open and registered.
-    pub fn new(config: Config, now: Instant) -> Self {
+    pub fn new(settings: Settings, now: Instant) -> Self {
         assert!(
-            config.max_pending > 0 && config.scratch_len > 0,
+            settings.max_pending > 0 && settings.scratch_len > 0,
             "buffers must be non-empty"
         );
-        let scratch = vec![0; config.scratch_len].into_boxed_slice();
-        let idle = config.idle_timeout.map(|t| IdleClock::new(t, now));
         Dispatcher {
-            config,
+            scratch: vec![0; settings.scratch_len].into_boxed_slice(),
+            idle: settings.idle_timeout.map(|t| IdleClock::new(t, now)),
+            lease: settings.limit.clone().map(Lease::new),
+            settings,
             now,
-            slots: Vec::new(),
-            free: Vec::new(),
-            active: 0,
-            ready: VecDeque::new(),
-            round_left: None,
-            turn: None,
-            followup: None,
-            awaiting: None,
-            actions: VecDeque::new(),
-            scratch,
-            listener: Listener {
-                open: true,
-                ready: false,
+            conns: Table::default(),
+            scheduler: Scheduler::default(),
+            timers: Timers::default(),
+            listener: Listener::Open {
+                backlog: false,
                 queued: false,
-                backoff_until: None,
-                next_backoff: MIN_ACCEPT_BACKOFF,
             },
-            drain_deadline: None,
-            idle,
-            next_sweep: None,
-            report: Report::default(),
+            stopping: false,
+            outbox: Outbox {
+                actions: VecDeque::new(),
+                next: None,
+                in_flight: None,
+            },
+            counts: Report::default(),
         }
     }
 
     // ----- inputs -----
 
-    /// Advances the core's clock; expires the accept back-off, idle connections and the drain
-    /// deadline. Call it after every wait, before the events.
-    pub fn handle_time(&mut self, now: Instant) {
-        self.now = now;
-        if self.listener.backoff_until.is_some_and(|t| now >= t) {
-            self.listener.backoff_until = None;
-            // Retry without waiting for a new edge: the backlog may hold connections.
-            self.queue_listener();
-        }
-        if self.next_sweep.is_some_and(|t| now >= t) {
-            self.close_idle();
-        }
-        if self.drain_deadline.is_some_and(|t| now >= t) {
-            self.close_all_at_deadline();
-        }
-    }
-
     /// Records an epoll event for the listener or a connection. Events for closed connections
     /// (stale tokens) are ignored.
     pub fn handle_event(&mut self, token: Token, readiness: Readiness) {
         if token == Token::LISTENER {
-            if readiness.readable {
-                self.listener.ready = true;
+            if let (Listener::Open { backlog, .. }, true) = (&mut self.listener, readiness.readable)
+            {
+                *backlog = true;
                 self.queue_listener();
             }
             return;
         }
-        let Some(conn) = self.conn_mut(token) else {
-            return;
-        };
-        if readiness.readable || readiness.read_closed || readiness.hangup {
-            conn.readable = true;
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.on_readiness(readiness);
+            self.queue_if_work(token);
         }
-        if readiness.read_closed || readiness.hangup {
-            conn.peer_finished = true;
-        }
-        if readiness.writable || readiness.hangup {
-            conn.writable = true;
-        }
-        if readiness.error {
-            conn.failed = true;
-        }
-        self.queue_if_work(token);
     }
 
-    /// The wake-up came: begin the graceful shutdown. Idempotent.
-    pub fn handle_stop(&mut self) {
-        if self.drain_deadline.is_some() {
-            return;
+    /// Advances the core's clock and fires the timers that are due: the accept back-off ends, idle
+    /// connections are closed, the drain deadline closes what remains.
+    pub fn handle_time(&mut self, now: Instant) {
+        self.now = now;
+        if self.timers.expired(Timer::AcceptRetry, now) {
+            self.timers.clear(Timer::AcceptRetry);
+            // Retry without waiting for a new edge: the backlog may hold connections.
+            self.queue_listener();
         }
-        self.drain_deadline = Some(self.now + self.config.drain_timeout);
-        if self.listener.open {
-            self.listener.open = false;
-            self.listener.backoff_until = None;
-            self.actions.push_back(Action::CloseListener);
+        if self.timers.expired(Timer::IdleSweep, now) {
+            self.close_idle();
         }
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].conn.is_some() {
-                self.queue_if_work(Token::conn(slot as u32, self.slots[slot].generation));
-            }
-        }
-        if self.config.drain_timeout.is_zero() {
+        if self.timers.expired(Timer::DrainDeadline, now) {
+            self.timers.clear(Timer::DrainDeadline);
             self.close_all_at_deadline();
         }
     }
 
-    /// Outcome of [`Action::Accept`]. Returns the new connection's token, if one was accepted.
+    /// The wake-up came: begin the graceful shutdown. Idempotent.
+    pub fn handle_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        // A deadline beyond what time can express is no deadline.
+        if let Some(deadline) = after(self.now, self.settings.drain_timeout) {
+            self.timers.set(Timer::DrainDeadline, deadline);
+        }
+        if self.listener != Listener::Closed {
+            self.listener = Listener::Closed;
+            self.timers.clear(Timer::AcceptRetry);
+            self.outbox.actions.push_back(Action::CloseListener);
+            self.counts.count(Counter::DescriptorsClosed);
+        }
+        for token in self.conns.tokens() {
+            self.queue_if_work(token);
+        }
+        if self.settings.drain_timeout.is_zero() {
+            self.close_all_at_deadline();
+        }
+    }
+
+    /// Outcome of [`Action::Accept`]. Returns the new connection's token, if one was admitted.
     pub fn handle_accept(&mut self, outcome: AcceptOutcome<S>) -> Option<Token> {
-        self.take_awaiting(Awaiting::Accept);
+        self.take_in_flight(Op::Accept);
         match outcome {
-            AcceptOutcome::Accepted(sock) => {
-                self.listener.next_backoff = MIN_ACCEPT_BACKOFF;
-                self.report.accepted += 1;
-                let token = self.insert(sock);
-                self.followup = Some(Awaiting::Register(token));
-                return Some(token);
+            AcceptOutcome::Accepted(sock) => return self.admit(sock),
+            AcceptOutcome::WouldBlock => {
+                if let Listener::Open { backlog, .. } = &mut self.listener {
+                    *backlog = false;
+                }
             }
-            AcceptOutcome::WouldBlock => self.listener.ready = false,
             AcceptOutcome::Interrupted | AcceptOutcome::Aborted => {}
             AcceptOutcome::Exhausted(kind) => {
-                self.report.accept_exhausted += 1;
-                *self.report.accept_exhausted_by_kind(kind) += 1;
-                self.back_off_accepting();
+                self.counts.count(exhausted_counter(kind));
+                self.timers.back_off_accepting(self.now);
             }
             AcceptOutcome::Failed => {
-                self.report.accept_failed += 1;
-                self.back_off_accepting();
+                self.counts.count(Counter::AcceptFailed);
+                self.timers.back_off_accepting(self.now);
             }
         }
         None
@@ -333,7 +299,7 @@ impl<S> Dispatcher<S> {
 
     /// Outcome of [`Action::Register`]; a connection that cannot be registered is closed.
     pub fn handle_register(&mut self, token: Token, registered: bool) {
-        self.take_awaiting(Awaiting::Register(token));
+        self.take_in_flight(Op::Register(token));
         if !registered {
             self.close(token);
         }
@@ -341,58 +307,45 @@ impl<S> Dispatcher<S> {
 
     /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in `read_target`'s buffer.
     pub fn handle_read(&mut self, token: Token, outcome: ReadOutcome) {
-        let asked = match self.awaiting {
-            Some(Awaiting::Read(t, len)) if t == token => len,
-            other => panic!("handle_read({token:?}) while awaiting {other:?}"),
-        };
-        self.awaiting = None;
-        let cap = self.config.max_pending;
-        let Some(conn) = self.slots[token.slot()].conn.as_mut() else {
+        let (asked, tick) = (self.read_in_flight(token), self.tick());
+        self.outbox.in_flight = None;
+        let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
         match outcome {
             ReadOutcome::Data(n) => {
                 assert!(n > 0 && n <= asked, "read returned {n} of {asked} bytes");
-                conn.last_active = self.idle.map_or(0, |c| c.tick(self.now));
-                if n < asked && !conn.peer_finished {
-                    // A short read emptied the socket; more input raises a new edge.
-                    conn.readable = false;
-                }
-                if conn.write_shut {
-                    self.report.bytes_discarded += n as u64;
-                } else if conn.pending.is_empty() && conn.writable {
-                    self.report.bytes_read += n as u64;
-                    self.followup = Some(Awaiting::Write(token, Some((0, n))));
+                conn.last_active = tick;
+                conn.on_data(n, asked);
+                if conn.output == Output::Shut {
+                    self.counts.add(Counter::BytesDiscarded, n as u64);
+                } else if conn.pending.is_empty() && conn.output == Output::Open {
+                    self.counts.add(Counter::BytesRead, n as u64);
+                    self.outbox.next = Some(Op::Write(token, Source::Scratch(n)));
                 } else {
-                    self.report.bytes_read += n as u64;
+                    self.counts.add(Counter::BytesRead, n as u64);
+                    let cap = self.settings.max_pending;
                     conn.pending.push(&self.scratch[..n], cap);
-                    note_pending(conn, cap, &mut self.report);
+                    note_pending(conn, cap, &mut self.counts);
                 }
             }
-            ReadOutcome::Eof => {
-                conn.eof = true;
-                conn.readable = false;
-            }
-            ReadOutcome::WouldBlock => conn.readable = false,
-            ReadOutcome::Interrupted => self.followup = Some(Awaiting::Read(token, asked)),
-            ReadOutcome::Failed => conn.failed = true,
+            ReadOutcome::Eof => conn.input = Input::Ended,
+            ReadOutcome::WouldBlock => conn.on_would_block(),
+            ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
+            ReadOutcome::Failed => conn.output = Output::Failed,
         }
     }
 
     /// Outcome of [`Action::Write`].
     pub fn handle_write(&mut self, token: Token, outcome: WriteOutcome) {
-        let source = match self.awaiting {
-            Some(Awaiting::Write(t, source)) if t == token => source,
-            other => panic!("handle_write({token:?}) while awaiting {other:?}"),
-        };
-        self.awaiting = None;
-        let cap = self.config.max_pending;
-        let Some(conn) = self.slots[token.slot()].conn.as_mut() else {
+        let (source, tick) = (self.write_in_flight(token), self.tick());
+        self.outbox.in_flight = None;
+        let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
         let offered = match source {
-            Some((start, end)) => end - start,
-            None => conn.pending.len(),
+            Source::Scratch(n) => n,
+            Source::Pending => conn.pending.len(),
         };
         let written = match outcome {
             WriteOutcome::Wrote(k) => {
@@ -400,33 +353,34 @@ impl<S> Dispatcher<S> {
                 k
             }
             WriteOutcome::Interrupted => {
-                self.followup = Some(Awaiting::Write(token, source));
+                self.outbox.next = Some(Op::Write(token, source));
                 return;
             }
             WriteOutcome::WouldBlock => 0,
             WriteOutcome::Failed => {
-                conn.failed = true;
+                conn.output = Output::Failed;
                 0
             }
         };
-        self.report.bytes_written += written as u64;
+        self.counts.add(Counter::BytesWritten, written as u64);
         if written > 0 {
-            conn.last_active = self.idle.map_or(0, |c| c.tick(self.now));
+            conn.last_active = tick;
         }
-        if written < offered {
-            conn.writable = false;
+        if written < offered && conn.output == Output::Open {
+            conn.output = Output::Blocked;
         }
         match source {
-            Some((start, end)) => {
-                let rest = &self.scratch[start + written..end];
-                if conn.failed {
-                    self.report.bytes_dropped += rest.len() as u64;
+            Source::Scratch(n) => {
+                let rest = &self.scratch[written..n];
+                if conn.output == Output::Failed {
+                    self.counts.add(Counter::BytesDropped, rest.len() as u64);
                 } else if !rest.is_empty() {
+                    let cap = self.settings.max_pending;
                     conn.pending.push(rest, cap);
-                    note_pending(conn, cap, &mut self.report);
+                    note_pending(conn, cap, &mut self.counts);
                 }
             }
-            None => conn.pending.consume(written),
+            Source::Pending => conn.pending.consume(written),
         }
     }
 
@@ -435,39 +389,24 @@ impl<S> Dispatcher<S> {
     /// The next thing the shell must do, or `None` when this round is over.
     pub fn poll_action(&mut self) -> Option<Action<S>> {
         assert!(
-            self.awaiting.is_none(),
+            self.outbox.in_flight.is_none(),
             "poll_action before the last outcome was handled"
         );
         loop {
-            if let Some(action) = self.actions.pop_front() {
+            if let Some(action) = self.outbox.actions.pop_front() {
                 return Some(action);
             }
-            if let Some(op) = self.followup.take() {
-                self.awaiting = Some(op);
-                return Some(match op {
-                    Awaiting::Accept => Action::Accept,
-                    Awaiting::Register(t) => Action::Register(t),
-                    Awaiting::Read(token, len) => Action::Read { token, len },
-                    Awaiting::Write(t, _) => Action::Write(t),
-                });
+            if let Some(op) = self.outbox.next.take() {
+                self.outbox.in_flight = Some(op);
+                return Some(op.action());
             }
-            if let Some(turn) = self.turn {
+            if let Some(turn) = self.scheduler.turn() {
                 if !self.step(turn) {
                     self.end_turn(turn);
                 }
                 continue;
             }
-            let left = self.round_left.unwrap_or(self.ready.len());
-            let next = if left > 0 {
-                self.ready.pop_front()
-            } else {
-                None
-            };
-            let Some(token) = next else {
-                self.round_left = None;
-                return None;
-            };
-            self.round_left = Some(left - 1);
+            let token = self.scheduler.next_in_round()?;
             self.begin_turn(token);
         }
     }
@@ -475,256 +414,256 @@ impl<S> Dispatcher<S> {
     /// When the shell must call [`Dispatcher::handle_time`] at the latest (`None`: only on events).
     /// Equals the current time while work is queued, so the shell polls without blocking.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.ready.is_empty() || !self.actions.is_empty() {
+        if self.scheduler.has_queued() || !self.outbox.actions.is_empty() {
             return Some(self.now);
         }
-        [
-            self.listener.backoff_until,
-            self.drain_deadline,
-            self.next_sweep,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.timers.next()
     }
 
     /// True once shutdown completed: listener closed and every connection closed.
     pub fn is_finished(&self) -> bool {
-        self.is_stopping() && self.active == 0 && self.actions.is_empty() && self.awaiting.is_none()
+        self.stopping
+            && self.conns.len() == 0
+            && self.outbox.actions.is_empty()
+            && self.outbox.in_flight.is_none()
     }
 
     /// True once [`Dispatcher::handle_stop`] was called.
+    #[cfg(test)]
     pub fn is_stopping(&self) -> bool {
-        self.drain_deadline.is_some()
+        self.stopping
     }
 
     /// Counters so far.
     pub fn report(&self) -> Report {
-        self.report
+        self.counts
     }
 
     /// Connections open right now.
+    #[cfg(test)]
     pub fn active_connections(&self) -> usize {
-        self.active
+        self.conns.len()
     }
 
     /// Bytes held in pending output, summed over connections.
+    #[cfg(test)]
     pub fn pending_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(|c| c.pending.len())
-            .sum()
+        self.conns.values().map(|c| c.pending.len()).sum()
     }
 
     /// The socket of a live connection (for `Register` and `ShutdownWrite`).
     pub fn socket(&self, token: Token) -> &S {
         &self
-            .conn(token)
+            .conns
+            .get(token)
             .expect("socket of a closed connection")
             .sock
     }
 
     /// Socket and buffer for the `Read` in progress.
     pub fn read_target(&mut self, token: Token) -> (&S, &mut [u8]) {
-        let len = match self.awaiting {
-            Some(Awaiting::Read(t, len)) if t == token => len,
-            other => panic!("read_target({token:?}) while awaiting {other:?}"),
-        };
-        let conn = self.slots[token.slot()]
-            .conn
-            .as_ref()
-            .expect("read of a closed connection");
+        let len = self.read_in_flight(token);
+        let conn = self.conns.get(token).expect("read of a closed connection");
         (&conn.sock, &mut self.scratch[..len])
     }
 
     /// Socket and bytes for the `Write` in progress.
     pub fn write_target(&self, token: Token) -> (&S, &[u8]) {
-        let source = match self.awaiting {
-            Some(Awaiting::Write(t, source)) if t == token => source,
-            other => panic!("write_target({token:?}) while awaiting {other:?}"),
-        };
-        let conn = self.conn(token).expect("write of a closed connection");
+        let source = self.write_in_flight(token);
+        let conn = self.conns.get(token).expect("write of a closed connection");
         let bytes = match source {
-            Some((start, end)) => &self.scratch[start..end],
-            None => conn.pending.as_slice(),
+            Source::Scratch(n) => &self.scratch[..n],
+            Source::Pending => conn.pending.as_slice(),
         };
         (&conn.sock, bytes)
     }
 
     // ----- internals -----
 
-    fn take_awaiting(&mut self, expected: Awaiting) {
+    fn take_in_flight(&mut self, expected: Op) {
         assert_eq!(
-            self.awaiting.take(),
+            self.outbox.in_flight.take(),
             Some(expected),
             "outcome for an operation not issued"
         );
     }
 
-    fn conn(&self, token: Token) -> Option<&Conn<S>> {
-        let slot = self.slots.get(token.slot())?;
-        (slot.generation == token.generation()).then_some(())?;
-        slot.conn.as_ref()
-    }
-
-    fn conn_mut(&mut self, token: Token) -> Option<&mut Conn<S>> {
-        if !token.is_conn() {
-            return None;
+    /// The length of the read issued for `token`; a bug in the shell if none was.
+    fn read_in_flight(&self, token: Token) -> usize {
+        match self.outbox.in_flight {
+            Some(Op::Read(t, len)) if t == token => len,
+            other => panic!("a read of {token:?} while awaiting {other:?}"),
         }
-        let slot = self.slots.get_mut(token.slot())?;
-        (slot.generation == token.generation()).then_some(())?;
-        slot.conn.as_mut()
     }
 
-    fn insert(&mut self, sock: S) -> Token {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    conn: None,
-                });
-                (self.slots.len() - 1) as u32
+    /// What the write issued for `token` sends; a bug in the shell if none was.
+    fn write_in_flight(&self, token: Token) -> Source {
+        match self.outbox.in_flight {
+            Some(Op::Write(t, source)) if t == token => source,
+            other => panic!("a write to {token:?} while awaiting {other:?}"),
+        }
+    }
+
+    fn room(&self) -> Room {
+        Room {
+            cap: self.settings.max_pending,
+            scratch: self.settings.scratch_len,
+        }
+    }
+
+    /// The idle-clock tick of now (0 without an idle timeout).
+    fn tick(&self) -> u32 {
+        self.idle.map_or(0, |clock| clock.tick(self.now))
+    }
+
+    /// A new connection: admitted under the connection limit and registered next, or closed.
+    fn admit(&mut self, sock: S) -> Option<Token> {
+        self.timers.accept_succeeded();
+        if let Some(lease) = &mut self.lease {
+            if !lease.try_acquire() {
+                self.counts.count(Counter::Rejected);
+                self.close_socket(sock);
+                return None;
             }
-        };
-        let entry = &mut self.slots[slot as usize];
-        let tick = self.idle.map_or(0, |c| c.tick(self.now));
-        entry.conn = Some(Conn::new(sock, tick));
-        self.active += 1;
-        if let Some(clock) = self.idle {
-            self.next_sweep.get_or_insert(self.now + clock.period());
         }
-        Token::conn(slot, entry.generation)
+        self.counts.count(Counter::Accepted);
+        let token = self.conns.insert(Conn::new(sock, self.tick()));
+        if let Some(clock) = self.idle {
+            if !self.timers.is_set(Timer::IdleSweep) {
+                self.timers.set(Timer::IdleSweep, self.now + clock.period());
+            }
+        }
+        self.outbox.next = Some(Op::Register(token));
+        Some(token)
     }
 
     fn close(&mut self, token: Token) {
-        let entry = &mut self.slots[token.slot()];
-        let Some(mut conn) = entry.conn.take() else {
+        let Some(mut conn) = self.conns.remove(token) else {
             return;
         };
-        entry.generation = entry.generation.wrapping_add(1);
-        self.free.push(token.slot() as u32);
-        self.active -= 1;
-        self.report.closed += 1;
-        self.report.bytes_dropped += conn.pending.discard() as u64;
-        self.actions.push_back(Action::Close(conn.sock));
-        if self.listener.backoff_until.take().is_some() {
+        self.counts.count(Counter::Closed);
+        self.counts
+            .add(Counter::BytesDropped, conn.pending.discard() as u64);
+        if let Some(lease) = &mut self.lease {
+            lease.release();
+        }
+        self.close_socket(conn.sock);
+        if self.timers.clear(Timer::AcceptRetry) {
             // A descriptor was just freed: the accept that failed may succeed now.
             self.queue_listener();
         }
     }
 
+    fn close_socket(&mut self, sock: S) {
+        self.outbox.actions.push_back(Action::Close(sock));
+        self.counts.count(Counter::DescriptorsClosed);
+    }
+
     fn close_all_at_deadline(&mut self) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].conn.is_some() {
-                self.report.deadline_closes += 1;
-                self.close(Token::conn(slot as u32, self.slots[slot].generation));
-            }
+        for token in self.conns.tokens() {
+            self.counts.count(Counter::DeadlineCloses);
+            self.close(token);
         }
     }
 
     /// Closes every connection silent for the idle timeout; schedules the next sweep.
     fn close_idle(&mut self) {
         let Some(clock) = self.idle else { return };
-        for slot in 0..self.slots.len() {
-            let expired = self.slots[slot]
-                .conn
-                .as_ref()
+        for token in self.conns.tokens() {
+            let silent = self
+                .conns
+                .get(token)
                 .is_some_and(|c| clock.expired(c.last_active, self.now));
-            if expired {
-                self.report.idle_closes += 1;
-                self.close(Token::conn(slot as u32, self.slots[slot].generation));
+            if silent {
+                self.counts.count(Counter::IdleCloses);
+                self.close(token);
             }
         }
-        self.next_sweep = (self.active > 0).then(|| self.now + clock.period());
-    }
-
-    fn back_off_accepting(&mut self) {
-        self.listener.backoff_until = Some(self.now + self.listener.next_backoff);
-        self.listener.next_backoff = (self.listener.next_backoff * 2).min(MAX_ACCEPT_BACKOFF);
-    }
-
-    fn has_work(&self, conn: &Conn<S>) -> bool {
-        let stopping = self.is_stopping();
-        let empty = conn.pending.is_empty();
-        conn.failed
-            || (!empty && conn.writable)
-            || (empty && conn.eof)
-            || (stopping && empty && (!conn.write_shut || conn.readable))
-            || (!stopping
-                && conn.readable
-                && !conn.eof
-                && conn.pending.len() < self.config.max_pending)
+        match after(self.now, clock.period()).filter(|_| self.conns.len() > 0) {
+            Some(next) => self.timers.set(Timer::IdleSweep, next),
+            None => {
+                self.timers.clear(Timer::IdleSweep);
+            }
+        }
     }
 
     fn queue_if_work(&mut self, token: Token) {
-        let Some(conn) = self.conn(token) else { return };
-        if conn.queued || !self.has_work(conn) {
+        let (stopping, room) = (self.stopping, self.room());
+        let Some(conn) = self.conns.get_mut(token) else {
             return;
-        }
-        if let Some(conn) = self.conn_mut(token) {
+        };
+        if !conn.queued && conn.next_step(stopping, room).is_some() {
             conn.queued = true;
+            self.scheduler.push(token);
         }
-        self.ready.push_back(token);
     }
 
     fn queue_listener(&mut self) {
-        if self.listener.open && !self.listener.queued {
-            self.listener.queued = true;
-            self.ready.push_back(Token::LISTENER);
+        if let Listener::Open { queued, .. } = &mut self.listener {
+            if !*queued {
+                *queued = true;
+                self.scheduler.push(Token::LISTENER);
+            }
         }
     }
 
+    /// The listener has a connection to accept and is not backing off.
+    fn listener_can_accept(&self) -> bool {
+        matches!(self.listener, Listener::Open { backlog: true, .. })
+            && !self.timers.is_set(Timer::AcceptRetry)
+    }
+
     fn begin_turn(&mut self, token: Token) {
-        if token == Token::LISTENER {
-            self.turn = Some(Turn::Listener {
-                accepts_left: self.config.accepts_per_turn,
-            });
-        } else if self.conn(token).is_some() {
-            self.turn = Some(Turn::Conn {
+        let turn = if token == Token::LISTENER {
+            Some(Turn::Listener {
+                accepts_left: self.settings.accepts_per_turn,
+            })
+        } else {
+            self.conns.get(token).map(|_| Turn::Conn {
                 token,
-                reads_left: self.config.reads_per_turn,
-            });
-        }
+                reads_left: self.settings.reads_per_turn,
+            })
+        };
+        self.scheduler.set_turn(turn);
     }
 
     /// Ends a turn; whoever still has work goes to the back of the queue.
     fn end_turn(&mut self, turn: Turn) {
-        self.turn = None;
+        self.scheduler.set_turn(None);
         match turn {
             Turn::Listener { .. } => {
-                let l = &mut self.listener;
-                l.queued = l.open && l.ready && l.backoff_until.is_none();
-                if l.queued {
-                    self.ready.push_back(Token::LISTENER);
+                let again = self.listener_can_accept();
+                if let Listener::Open { queued, .. } = &mut self.listener {
+                    *queued = again;
+                }
+                if again {
+                    self.scheduler.push(Token::LISTENER);
                 }
             }
             Turn::Conn { token, .. } => {
-                let Some(conn) = self.conn(token) else { return };
-                let again = self.has_work(conn);
-                if let Some(conn) = self.conn_mut(token) {
-                    conn.queued = again;
-                }
-                if again {
-                    self.ready.push_back(token);
+                let (stopping, room) = (self.stopping, self.room());
+                let Some(conn) = self.conns.get_mut(token) else {
+                    return;
+                };
+                conn.queued = conn.next_step(stopping, room).is_some();
+                if conn.queued {
+                    self.scheduler.push(token);
                 }
             }
         }
     }
 
-    /// Decides the next operation of the current turn; false when the turn is over.
+    /// Issues the next operation of the current turn; false when the turn is over.
     fn step(&mut self, turn: Turn) -> bool {
         match turn {
             Turn::Listener { accepts_left } => {
-                let l = &self.listener;
-                if !l.open || !l.ready || l.backoff_until.is_some() || accepts_left == 0 {
+                if !self.listener_can_accept() || accepts_left == 0 {
                     return false;
                 }
-                self.turn = Some(Turn::Listener {
+                self.scheduler.set_turn(Some(Turn::Listener {
                     accepts_left: accepts_left - 1,
-                });
-                self.followup = Some(Awaiting::Accept);
+                }));
+                self.outbox.next = Some(Op::Accept);
                 true
             }
             Turn::Conn { token, reads_left } => self.step_conn(token, reads_left),
@@ -732,61 +671,55 @@ impl<S> Dispatcher<S> {
     }
 
     fn step_conn(&mut self, token: Token, reads_left: u32) -> bool {
-        let stopping = self.is_stopping();
-        let cap = self.config.max_pending;
-        let scratch_len = self.config.scratch_len;
-        let Some(conn) = self.conn_mut(token) else {
+        let (stopping, room) = (self.stopping, self.room());
+        let Some(conn) = self.conns.get_mut(token) else {
             return false;
         };
-        if conn.failed {
-            self.close(token);
-            return false;
-        }
-        if !conn.pending.is_empty() {
-            if conn.writable {
-                self.followup = Some(Awaiting::Write(token, None));
-                return true;
+        match conn.next_step(stopping, room) {
+            None => false,
+            Some(Step::Close) => {
+                self.close(token);
+                false
             }
-        } else if conn.eof {
-            // Everything read was written back: closing sends FIN after it.
-            self.close(token);
-            return false;
-        } else if stopping && !conn.write_shut {
-            conn.write_shut = true;
-            self.actions.push_back(Action::ShutdownWrite(token));
-            return true;
-        }
-        if !conn.readable || conn.eof || reads_left == 0 {
-            return false;
-        }
-        let len = if stopping {
-            if !conn.write_shut {
-                return false;
+            Some(Step::Write) => {
+                self.outbox.next = Some(Op::Write(token, Source::Pending));
+                true
             }
-            scratch_len
-        } else {
-            let room = cap - conn.pending.len();
-            if room == 0 {
-                return false;
+            Some(Step::ShutdownWrite) => {
+                conn.output = Output::Shut;
+                self.outbox.actions.push_back(Action::ShutdownWrite(token));
+                true
             }
-            room.min(scratch_len)
-        };
-        self.turn = Some(Turn::Conn {
-            token,
-            reads_left: reads_left - 1,
-        });
-        self.followup = Some(Awaiting::Read(token, len));
-        true
+            Some(Step::Read(_)) if reads_left == 0 => false,
+            Some(Step::Read(len)) => {
+                self.scheduler.set_turn(Some(Turn::Conn {
+                    token,
+                    reads_left: reads_left - 1,
+                }));
+                self.outbox.next = Some(Op::Read(token, len));
+                true
+            }
+        }
+    }
+}
+
+/// The counter of one kind of accept failure.
+fn exhausted_counter(kind: ResourceError) -> Counter {
+    match kind {
+        ResourceError::ProcessDescriptors => Counter::AcceptEmfile,
+        ResourceError::SystemDescriptors => Counter::AcceptEnfile,
+        ResourceError::Buffers => Counter::AcceptEnobufs,
+        ResourceError::Memory => Counter::AcceptEnomem,
     }
 }
 
 /// Records a connection's pending output after it grew: the high-water mark, and a backpressure
 /// pause when it reached the cap (reading stops until it drains, whatever readiness says).
 /// A push always adds at least one byte, so reaching the cap here is a new pause, never a repeat.
-fn note_pending<S>(conn: &Conn<S>, cap: usize, report: &mut Report) {
+fn note_pending<S>(conn: &Conn<S>, cap: usize, counts: &mut Report) {
     let len = conn.pending.len();
-    report.max_pending = report.max_pending.max(len as u64);
+    counts.add(Counter::PendingHighWater, len as u64);
     if len == cap {
-        report.backpressure_pauses += 1;
+        counts.count(Counter::BackpressurePauses);
     }
 }

@@ -30,6 +30,7 @@ impl OutBuf {
     }
 
     /// Heap bytes held for pending data right now (0 when empty).
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.inner.as_ref().map_or(0, |i| i.bytes.capacity())
     }

@@ -2,19 +2,24 @@
 //! lives here. Each reads as a trace: an event or outcome in, the action the core must answer with.
 //! Sockets are plain numbers; the harness plays the shell.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::outbuf::OutBuf;
+use super::timers::{MAX_ACCEPT_BACKOFF, MIN_ACCEPT_BACKOFF};
 use super::*;
+use crate::report::Derived;
 
 /// Small numbers so that caps and budgets are reached in a few steps.
-fn small() -> Config {
-    Config {
+fn small() -> Settings {
+    Settings {
         max_pending: 8,
         drain_timeout: Duration::from_secs(1),
         scratch_len: 8,
         reads_per_turn: 2,
         accepts_per_turn: 2,
         idle_timeout: None,
+        limit: None,
     }
 }
 
@@ -53,7 +58,7 @@ macro_rules! expect {
 }
 
 impl Shell {
-    fn new(config: Config) -> Shell {
+    fn new(config: Settings) -> Shell {
         let now = Instant::now();
         Shell {
             d: Dispatcher::new(config, now),
@@ -152,6 +157,12 @@ impl Shell {
         assert_eq!(self.d.handle_accept(outcome), None);
     }
 
+    /// The values of these counters, in this order.
+    fn counts<const N: usize>(&self, which: [Counter; N]) -> [u64; N] {
+        let report = self.d.report();
+        which.map(|c| report[c])
+    }
+
     fn timeout_in(&self) -> Option<Duration> {
         self.d.poll_timeout().map(|t| t - self.now)
     }
@@ -171,8 +182,14 @@ fn echo_from_scratch_holds_no_buffer() {
     // A short read emptied the socket: wait for the next edge.
     s.idle();
     assert_eq!(s.d.pending_bytes(), 0);
-    let r = s.d.report();
-    assert_eq!((r.bytes_read, r.bytes_written, r.max_pending), (5, 5, 0));
+    assert_eq!(
+        s.counts([
+            Counter::BytesRead,
+            Counter::BytesWritten,
+            Counter::PendingHighWater
+        ]),
+        [5, 5, 0]
+    );
 }
 
 #[test]
@@ -239,11 +256,11 @@ fn at_the_cap_reading_pauses_and_resumes_after_drain_without_a_new_edge() {
     // Pending is at the cap: no read although the socket may hold more.
     s.idle();
     assert_eq!(s.d.pending_bytes(), 8);
-    assert_eq!(s.d.report().backpressure_pauses, 1);
+    assert_eq!(s.d.report()[Counter::BackpressurePauses], 1);
     s.event(c, READABLE);
     s.idle();
     assert_eq!(
-        s.d.report().backpressure_pauses,
+        s.d.report()[Counter::BackpressurePauses],
         1,
         "one pause, counted once"
     );
@@ -255,7 +272,7 @@ fn at_the_cap_reading_pauses_and_resumes_after_drain_without_a_new_edge() {
     // At the cap again: paused until the next writable edge.
     s.idle();
     assert_eq!(s.d.poll_timeout(), None);
-    assert_eq!(s.d.report().backpressure_pauses, 2);
+    assert_eq!(s.d.report()[Counter::BackpressurePauses], 2);
     s.event(c, WRITABLE);
     s.write(c, &[1, 1, 1, 1, 1, 2, 2, 2], 8);
     assert_eq!(s.expect_read(c), 8);
@@ -277,7 +294,7 @@ fn filling_the_cap_on_the_last_read_of_a_turn_counts_as_a_pause() {
     s.give(c, &[2; 4]); // the second and last read of the turn fills the cap
     s.idle();
     assert_eq!(s.d.pending_bytes(), 8);
-    assert_eq!(s.d.report().backpressure_pauses, 1);
+    assert_eq!(s.d.report()[Counter::BackpressurePauses], 1);
 }
 
 #[test]
@@ -292,7 +309,7 @@ fn pending_output_never_exceeds_the_cap() {
     s.read(c, &[0; 3]);
     assert_eq!(s.d.pending_bytes(), 8);
     s.idle();
-    assert_eq!(s.d.report().max_pending, 8);
+    assert_eq!(s.d.report()[Counter::PendingHighWater], 8);
 }
 
 // ----- edge-triggered drain with fairness (DESIGN 4) -----
@@ -353,7 +370,7 @@ fn short_read_after_rdhup_reads_on_to_eof() {
 
 #[test]
 fn full_reads_continue_until_would_block() {
-    let mut s = Shell::new(Config {
+    let mut s = Shell::new(Settings {
         reads_per_turn: 16,
         ..small()
     });
@@ -389,7 +406,7 @@ fn listener_takes_turns_like_connections() {
     s.accept_fails(AcceptOutcome::WouldBlock);
     s.idle();
     assert_eq!(s.d.active_connections(), 4);
-    assert_eq!(s.d.report().accepted, 4);
+    assert_eq!(s.d.report()[Counter::Accepted], 4);
 }
 
 // ----- half-close (DESIGN 5) -----
@@ -415,7 +432,7 @@ fn eof_flushes_pending_output_then_closes() {
     assert_eq!(s.expect_close(), 1);
     s.idle();
     let r = s.d.report();
-    assert_eq!((r.closed, r.bytes_dropped), (1, 0));
+    assert_eq!(s.counts([Counter::Closed, Counter::BytesDropped]), [1, 0]);
     assert!(r.balances());
 }
 
@@ -459,8 +476,14 @@ fn broken_pipe_closes_and_counts_the_unwritten_bytes_as_dropped() {
     s.d.handle_write(c, WriteOutcome::Failed);
     assert_eq!(s.expect_close(), 1);
     s.idle();
-    let r = s.d.report();
-    assert_eq!((r.bytes_read, r.bytes_written, r.bytes_dropped), (4, 0, 4));
+    assert_eq!(
+        s.counts([
+            Counter::BytesRead,
+            Counter::BytesWritten,
+            Counter::BytesDropped
+        ]),
+        [4, 0, 4]
+    );
 }
 
 #[test]
@@ -479,7 +502,10 @@ fn broken_pipe_on_pending_output_drops_it() {
     s.d.handle_write(c, WriteOutcome::Failed);
     s.expect_close();
     let r = s.d.report();
-    assert_eq!((r.bytes_written, r.bytes_dropped), (3, 1));
+    assert_eq!(
+        s.counts([Counter::BytesWritten, Counter::BytesDropped]),
+        [3, 1]
+    );
     assert!(r.balances());
 }
 
@@ -564,14 +590,14 @@ fn accept_back_off_grows_and_is_capped() {
     }
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 200, 200, 200]);
     let report = s.d.report();
-    assert_eq!(report.accept_exhausted, 9);
+    assert_eq!(report.derived(Derived::AcceptExhausted), 9);
     // Counted under its kind too, and under no other.
-    assert_eq!(report.accept_emfile, 9);
+    assert_eq!(report[Counter::AcceptEmfile], 9);
     assert_eq!(
         (
-            report.accept_enfile,
-            report.accept_enobufs,
-            report.accept_enomem
+            report[Counter::AcceptEnfile],
+            report[Counter::AcceptEnobufs],
+            report[Counter::AcceptEnomem]
         ),
         (0, 0, 0)
     );
@@ -581,7 +607,7 @@ fn accept_back_off_grows_and_is_capped() {
     s.accept_fails(AcceptOutcome::Failed);
     s.idle();
     assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
-    assert_eq!(s.d.report().accept_failed, 1);
+    assert_eq!(s.d.report()[Counter::AcceptFailed], 1);
 }
 
 #[test]
@@ -629,7 +655,13 @@ fn aborted_connections_are_skipped() {
         "budget used, listener queued"
     );
     let r = s.d.report();
-    assert_eq!((r.accept_exhausted, r.accept_failed), (0, 0));
+    assert_eq!(
+        (
+            r.derived(Derived::AcceptExhausted),
+            r[Counter::AcceptFailed]
+        ),
+        (0, 0)
+    );
 }
 
 #[test]
@@ -639,6 +671,63 @@ fn listener_would_block_waits_for_a_new_edge() {
     s.accept_fails(AcceptOutcome::WouldBlock);
     s.idle();
     assert_eq!(s.d.poll_timeout(), None);
+}
+
+// ----- connection limit and descriptors -----
+
+#[test]
+fn at_the_connection_limit_a_new_connection_is_closed_and_counted_until_one_leaves() {
+    let limit = Arc::new(ConnLimit::new(1));
+    let mut s = Shell::new(Settings {
+        limit: Some(Arc::clone(&limit)),
+        ..small()
+    });
+    let c = s.open();
+    s.event(Token::LISTENER, READABLE);
+    expect!(s, Action::Accept);
+    assert_eq!(s.d.handle_accept(AcceptOutcome::Accepted(7)), None);
+    assert_eq!(s.expect_close(), 7, "closed at once");
+    // The backlog keeps draining.
+    s.accept_fails(AcceptOutcome::WouldBlock);
+    s.idle();
+    assert_eq!(s.counts([Counter::Accepted, Counter::Rejected]), [1, 1]);
+    assert_eq!(limit.open(), 1);
+    // The close of the admitted connection gives its slot back.
+    s.event(c, RDHUP);
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::Eof);
+    s.expect_close();
+    s.idle();
+    assert_eq!(limit.open(), 0);
+    s.open();
+    assert_eq!(s.d.report()[Counter::Accepted], 2);
+}
+
+#[test]
+fn a_dropped_core_gives_back_its_connection_slots() {
+    // A worker that ends early (a panic unwinds its core) must not keep its slots.
+    let limit = Arc::new(ConnLimit::new(5));
+    let mut s = Shell::new(Settings {
+        limit: Some(Arc::clone(&limit)),
+        ..small()
+    });
+    s.open();
+    s.open();
+    assert_eq!(limit.open(), 2);
+    drop(s);
+    assert_eq!(limit.open(), 0);
+}
+
+#[test]
+fn every_descriptor_the_core_closes_is_counted() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, ERROR);
+    s.expect_close();
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    let r = s.d.report();
+    assert_eq!(r[Counter::DescriptorsClosed], 2, "{r}");
 }
 
 // ----- tokens -----
@@ -661,7 +750,7 @@ fn stale_tokens_are_ignored_after_slot_reuse() {
     s.idle();
     assert_eq!(s.d.active_connections(), 1);
     s.event(Token::WAKER, READABLE);
-    s.event(Token::conn(77, 0), READABLE);
+    s.event(Token::from_epoll(77), READABLE);
     s.idle();
     s.event(new, READABLE);
     s.read(new, b"n");
@@ -717,8 +806,14 @@ fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_eof() {
     s.idle();
     assert!(s.d.is_finished());
     let r = s.d.report();
-    assert_eq!((r.bytes_read, r.bytes_written), (4, 4));
-    assert_eq!((r.bytes_discarded, r.deadline_closes), (10, 0));
+    assert_eq!(
+        s.counts([Counter::BytesRead, Counter::BytesWritten]),
+        [4, 4]
+    );
+    assert_eq!(
+        s.counts([Counter::BytesDiscarded, Counter::DeadlineCloses]),
+        [10, 0]
+    );
     assert!(r.balances());
 }
 
@@ -762,13 +857,20 @@ fn drain_deadline_closes_what_remains_and_counts_it_dropped() {
     s.idle();
     assert!(s.d.is_finished());
     let r = s.d.report();
-    assert_eq!((r.deadline_closes, r.bytes_dropped, r.closed), (2, 3, 2));
+    assert_eq!(
+        s.counts([
+            Counter::DeadlineCloses,
+            Counter::BytesDropped,
+            Counter::Closed
+        ]),
+        [2, 3, 2]
+    );
     assert!(r.balances());
 }
 
 #[test]
 fn zero_drain_timeout_closes_everything_on_stop() {
-    let mut s = Shell::new(Config {
+    let mut s = Shell::new(Settings {
         drain_timeout: Duration::ZERO,
         ..small()
     });
@@ -782,7 +884,7 @@ fn zero_drain_timeout_closes_everything_on_stop() {
     s.expect_close();
     s.idle();
     assert!(s.d.is_finished());
-    assert_eq!(s.d.report().bytes_dropped, 1);
+    assert_eq!(s.d.report()[Counter::BytesDropped], 1);
 }
 
 #[test]
@@ -919,77 +1021,4 @@ fn pending_buffer_reuses_the_written_front_instead_of_growing() {
     b.push(&[2; 5], 8);
     assert_eq!(b.as_slice(), &[1, 1, 1, 2, 2, 2, 2, 2]);
     assert!(b.capacity() <= 8, "capacity {} over the cap", b.capacity());
-}
-
-#[test]
-fn report_balance_detects_lost_bytes() {
-    let r = Report {
-        bytes_read: 10,
-        bytes_written: 7,
-        bytes_dropped: 2,
-        ..Report::default()
-    };
-    assert!(!r.balances());
-    assert!(Report {
-        bytes_dropped: 3,
-        ..r
-    }
-    .balances());
-}
-
-#[test]
-fn reports_sum_field_by_field_and_print_every_counter() {
-    let one = Report {
-        accepted: 3,
-        closed: 4,
-        bytes_read: 5,
-        bytes_written: 6,
-        bytes_dropped: 7,
-        bytes_discarded: 8,
-        deadline_closes: 9,
-        accept_exhausted: 10,
-        accept_failed: 11,
-        backpressure_pauses: 12,
-        max_pending: 13,
-        descriptors_closed: 14,
-        accept_emfile: 15,
-        accept_enfile: 16,
-        accept_enobufs: 17,
-        accept_enomem: 18,
-        idle_closes: 19,
-        rejected: 20,
-    };
-    let mut sum = one;
-    sum += Report {
-        max_pending: 7,
-        ..one
-    };
-    let twice = Report {
-        accepted: 6,
-        closed: 8,
-        bytes_read: 10,
-        bytes_written: 12,
-        bytes_dropped: 14,
-        bytes_discarded: 16,
-        deadline_closes: 18,
-        accept_exhausted: 20,
-        accept_failed: 22,
-        backpressure_pauses: 24,
-        max_pending: 13,
-        descriptors_closed: 28,
-        accept_emfile: 30,
-        accept_enfile: 32,
-        accept_enobufs: 34,
-        accept_enomem: 36,
-        idle_closes: 38,
-        rejected: 40,
-    };
-    assert_eq!(sum, twice);
-    assert_eq!(
-        one.to_string(),
-        "accepted=3 closed=4 bytes_read=5 bytes_written=6 bytes_dropped=7 bytes_discarded=8 \
-         deadline_closes=9 idle_closes=19 rejected=20 accept_exhausted=10 accept_emfile=15 \
-         accept_enfile=16 accept_enobufs=17 accept_enomem=18 accept_failed=11 \
-         backpressure_pauses=12 max_pending=13 descriptors_closed=14"
-    );
 }

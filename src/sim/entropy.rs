@@ -1,6 +1,7 @@
-//! Where the simulation's choices come from: a seeded generator for `cargo test`, or the fuzzer's
-//! input bytes. With the bytes exhausted every choice falls back to its benign default (no fault
-//! injected, the largest size), so any input ends in a run that can finish.
+//! Where the simulation's choices come from: a seeded generator (also the one random source of the
+//! integration tests' payloads), or the fuzzer's input bytes. With the bytes exhausted every choice
+//! falls back to its benign default (no fault injected, the largest size), so any input ends in a
+//! run that can finish.
 
 /// A source of choices. Only `below` is required; the rest are built on it so that a source of
 /// zeros means "no fault, full size, lowest setting".
@@ -45,6 +46,16 @@ impl SeedRng {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+
+    /// `len` reproducible bytes: the same seed gives the same payload.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
     }
 }
 

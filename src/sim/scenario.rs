@@ -1,42 +1,16 @@
-//! What one simulated run is made of: the worker's settings, the fault rates, when the stop comes,
-//! and each client's behaviour. Drawn once from an [`Entropy`] before the run starts.
+//! What one simulated network run is made of: the worker's settings, the kernel's fault rates,
+//! when the stop comes, and each client's behaviour. Drawn once from an [`Entropy`] before the run.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::entropy::{Entropy, SeedRng};
-use crate::dispatch;
-
-/// Nanoseconds of virtual time.
-pub type Nanos = u64;
+use super::faults::Faults;
+use super::trace::Nanos;
+use crate::dispatch::{ConnLimit, Settings};
 
 pub const MICRO: Nanos = 1_000;
 pub const MILLI: Nanos = 1_000_000;
-
-/// Rates of injected faults, each in per mille of the operations it applies to.
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    pub wait_eintr: u32,
-    /// A wait reports only part of the ready list (the rest stays for the next wait).
-    pub short_batch: u32,
-    /// An edge with no new state behind it (allowed by epoll, must be harmless).
-    pub spurious_edge: u32,
-    /// An event carrying the token of a connection closed earlier.
-    pub stale_event: u32,
-    pub accept_eintr: u32,
-    pub accept_emfile: u32,
-    pub accept_aborted: u32,
-    pub register_fail: u32,
-    pub read_eintr: u32,
-    /// A read returns less than is queued; the rest "arrives" just after and raises an edge.
-    pub read_short: u32,
-    pub read_eagain: u32,
-    pub write_eintr: u32,
-    /// A write takes less than there is room for; room "frees" just after and raises an edge.
-    pub write_short: u32,
-    pub write_eagain: u32,
-    /// After each read, a client stops reading for a while.
-    pub client_pause: u32,
-}
 
 /// How a client ends its side of the conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +47,14 @@ pub struct ClientSpec {
 
 /// Everything a run needs besides the live choices made while it runs.
 #[derive(Clone, Debug)]
-pub struct Scenario {
-    pub config: dispatch::Config,
+pub(crate) struct Scenario {
+    pub settings: Settings,
     pub backlog_cap: usize,
     /// Descriptors the worker may hold before `accept` fails with `EMFILE`.
     pub fd_limit: usize,
     pub faults: Faults,
+    /// After each read, a client stops reading for a while (per mille).
+    pub client_pause: u32,
     /// When the stop comes; `None`: when the network has gone quiet.
     pub stop_at: Option<Nanos>,
     pub clients: Vec<ClientSpec>,
@@ -87,7 +63,7 @@ pub struct Scenario {
 impl Scenario {
     /// Draws a scenario. `payload`, when given, is every client's payload (the fuzzer's stream).
     pub fn generate(e: &mut impl Entropy, payload: Option<&[u8]>) -> Scenario {
-        let config = dispatch::Config {
+        let settings = Settings {
             max_pending: e.pick(&[65_536, 1, 7, 64, 512, 4096]),
             drain_timeout: Duration::from_nanos(e.pick(&[
                 5_000 * MILLI,
@@ -99,27 +75,15 @@ impl Scenario {
             scratch_len: e.pick(&[65_536, 1, 5, 64, 1024]),
             reads_per_turn: e.pick(&[16, 1, 2, 3]),
             accepts_per_turn: e.pick(&[64, 1, 2]),
-            // Idle closes would look like lost echo to the clients; the core tests cover them.
+            // Idle closes would look like lost echo to the clients; the idle tests cover them.
             idle_timeout: None,
+            // Now and then a connection limit, whose rejected clients are closed at once.
+            limit: e
+                .chance(100)
+                .then(|| Arc::new(ConnLimit::new(e.range(1, 4) as usize))),
         };
-        let rate = |e: &mut _| pick_rate(e);
-        let faults = Faults {
-            wait_eintr: rate(e),
-            short_batch: rate(e),
-            spurious_edge: rate(e),
-            stale_event: rate(e),
-            accept_eintr: rate(e),
-            accept_emfile: rate(e),
-            accept_aborted: rate(e),
-            register_fail: rate(e) / 4,
-            read_eintr: rate(e),
-            read_short: rate(e),
-            read_eagain: rate(e),
-            write_eintr: rate(e),
-            write_short: rate(e),
-            write_eagain: rate(e),
-            client_pause: rate(e),
-        };
+        let faults = Faults::draw(e);
+        let client_pause = e.pick(&[0, 20, 100, 300]);
         let clients = e.range(1, 12) as usize;
         let scenario_stop = if e.chance(500) {
             Some(e.below(30 * MILLI))
@@ -127,7 +91,7 @@ impl Scenario {
             None
         };
         Scenario {
-            config,
+            settings,
             backlog_cap: e.range(1, 8) as usize,
             fd_limit: if e.chance(200) {
                 e.range(1, 3) as usize
@@ -135,14 +99,11 @@ impl Scenario {
                 usize::MAX
             },
             faults,
+            client_pause,
             stop_at: scenario_stop,
             clients: (0..clients).map(|_| client(e, payload)).collect(),
         }
     }
-}
-
-fn pick_rate(e: &mut impl Entropy) -> u32 {
-    e.pick(&[0, 20, 100, 300])
 }
 
 fn client(e: &mut impl Entropy, payload: Option<&[u8]>) -> ClientSpec {
@@ -155,7 +116,7 @@ fn client(e: &mut impl Entropy, payload: Option<&[u8]>) -> ClientSpec {
                 5..=8 => e.range(100, 3000),
                 _ => e.range(3000, 20_000),
             };
-            random_bytes(e.below(u64::MAX), len as usize)
+            SeedRng::new(e.below(u64::MAX)).bytes(len as usize)
         }
     };
     let finish = match e.below(20) {
@@ -193,14 +154,4 @@ fn pick_buf(e: &mut impl Entropy) -> usize {
         2 => e.range(17, 512) as usize,
         _ => e.range(513, 8192) as usize,
     }
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = SeedRng::new(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&r.next_u64().to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -1,7 +1,7 @@
 //! One epoll instance, its event buffer, and the translation from `EPOLL*` bits to [`Readiness`].
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::syscall;
@@ -9,7 +9,7 @@ use crate::dispatch::{Readiness, Token};
 
 /// What a registration asks to hear about.
 #[derive(Clone, Copy, Debug)]
-pub enum Interest {
+pub(crate) enum Interest {
     /// A listener or waker: readable, edge-triggered.
     ReadEdge,
     /// A connection: in, out and peer half-close, edge-triggered, registered once for its lifetime.
@@ -27,7 +27,7 @@ impl Interest {
 }
 
 /// Translates the `events` field of an `epoll_event`.
-pub fn readiness_from_epoll(bits: u32) -> Readiness {
+pub(crate) fn readiness_from_epoll(bits: u32) -> Readiness {
     let has = |flag: libc::c_int| bits & flag as u32 != 0;
     Readiness {
         readable: has(libc::EPOLLIN) || has(libc::EPOLLPRI),
@@ -40,12 +40,12 @@ pub fn readiness_from_epoll(bits: u32) -> Readiness {
 
 /// An epoll instance (closed on drop).
 #[derive(Debug)]
-pub struct Epoll {
+pub(crate) struct Epoll {
     fd: OwnedFd,
 }
 
 /// Buffer for the events of one `epoll_wait`.
-pub struct Events {
+pub(crate) struct Events {
     buf: Vec<libc::epoll_event>,
     len: usize,
 }
@@ -62,7 +62,7 @@ impl Events {
     pub fn iter(&self) -> impl Iterator<Item = (Token, Readiness)> + '_ {
         self.buf[..self.len].iter().map(|e| {
             let (bits, data) = (e.events, e.u64);
-            (Token(data), readiness_from_epoll(bits))
+            (Token::from_epoll(data), readiness_from_epoll(bits))
         })
     }
 }
@@ -76,16 +76,16 @@ impl Epoll {
         })
     }
 
-    pub fn add(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+    pub fn add(&self, fd: BorrowedFd<'_>, token: Token, interest: Interest) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: interest.bits(),
-            u64: token.0,
+            u64: token.to_epoll(),
         };
         // SAFETY: both descriptors are open; `ev` is a valid epoll_event for the duration of the call.
         syscall!(epoll_ctl(
             self.fd.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
-            fd,
+            fd.as_raw_fd(),
             &mut ev
         ))?;
         Ok(())

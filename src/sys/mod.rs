@@ -7,10 +7,9 @@ mod shell;
 mod socket;
 mod waker;
 
-pub use epoll::{readiness_from_epoll, Epoll, Events, Interest};
-pub use shell::EpollShell;
-pub use socket::{accept, bind_listener, read, shutdown_write, write};
-pub use waker::Waker;
+pub(crate) use shell::EpollShell;
+pub(crate) use socket::bind_listener;
+pub(crate) use waker::Waker;
 
 /// Calls a libc function and turns its `-1` return into `io::Error::last_os_error()`.
 macro_rules! syscall {

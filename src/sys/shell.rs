@@ -1,11 +1,13 @@
 //! The real network: one worker's epoll, listener and waker behind the [`Io`] trait.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{accept, read, shutdown_write, write, Epoll, Events, Interest, Waker};
+use super::epoll::{Epoll, Events, Interest};
+use super::socket::{accept, read, shutdown_write, write};
+use super::Waker;
 use crate::dispatch::{Readiness, Token};
 use crate::io::Io;
 
@@ -13,7 +15,7 @@ use crate::io::Io;
 const EVENTS_PER_WAIT: usize = 1024;
 
 /// A worker's descriptors. Dropping it closes the epoll instance (and the listener, if still open).
-pub struct EpollShell {
+pub(crate) struct EpollShell {
     epoll: Epoll,
     events: Events,
     listener: Option<OwnedFd>,
@@ -24,8 +26,8 @@ impl EpollShell {
     /// Creates the epoll instance and registers the listener and the waker.
     pub fn new(listener: OwnedFd, waker: Arc<Waker>) -> io::Result<EpollShell> {
         let epoll = Epoll::new()?;
-        epoll.add(listener.as_raw_fd(), Token::LISTENER, Interest::ReadEdge)?;
-        epoll.add(waker.as_raw_fd(), Token::WAKER, Interest::ReadEdge)?;
+        epoll.add(listener.as_fd(), Token::LISTENER, Interest::ReadEdge)?;
+        epoll.add(waker.as_fd(), Token::WAKER, Interest::ReadEdge)?;
         Ok(EpollShell {
             epoll,
             events: Events::with_capacity(EVENTS_PER_WAIT),
@@ -57,26 +59,26 @@ impl Io for EpollShell {
 
     fn accept(&mut self) -> io::Result<OwnedFd> {
         match &self.listener {
-            Some(l) => accept(l.as_raw_fd()),
+            Some(l) => accept(l.as_fd()),
             None => Err(io::Error::from_raw_os_error(libc::EBADF)),
         }
     }
 
     fn register(&mut self, sock: &OwnedFd, token: Token) -> io::Result<()> {
-        self.epoll.add(sock.as_raw_fd(), token, Interest::ConnEdge)
+        self.epoll.add(sock.as_fd(), token, Interest::ConnEdge)
     }
 
     fn read(&mut self, sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-        read(sock.as_raw_fd(), buf)
+        read(sock.as_fd(), buf)
     }
 
     fn write(&mut self, sock: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
-        write(sock.as_raw_fd(), buf)
+        write(sock.as_fd(), buf)
     }
 
     fn shutdown_write(&mut self, sock: &OwnedFd) {
         // The peer may already be gone; the next read or the deadline closes the connection then.
-        let _ = shutdown_write(sock.as_raw_fd());
+        let _ = shutdown_write(sock.as_fd());
     }
 
     fn close(&mut self, sock: OwnedFd) {

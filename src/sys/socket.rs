@@ -3,7 +3,7 @@
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
 
@@ -12,7 +12,7 @@ const BACKLOG: libc::c_int = 1024;
 
 /// A non-blocking, close-on-exec TCP listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
 /// that every worker can bind its own listener to the same port.
-pub fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -41,11 +41,11 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
 
 /// Accepts one connection: non-blocking, close-on-exec, with Nagle's delay off (echoes are small
 /// and latency-bound).
-pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
     // SAFETY: null address pointers are allowed; `listener` is an open listening socket.
     let fd = syscall!(accept4(
-        listener,
+        listener.as_raw_fd(),
         std::ptr::null_mut(),
         std::ptr::null_mut(),
         flags
@@ -57,20 +57,26 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
+    syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
 }
 
 /// Writes with `MSG_NOSIGNAL`: a closed peer yields `EPIPE`, never `SIGPIPE`.
-pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call.
-    syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
+    syscall!(send(
+        fd.as_raw_fd(),
+        buf.as_ptr().cast(),
+        buf.len(),
+        libc::MSG_NOSIGNAL
+    ))
+    .map(|n| n as usize)
 }
 
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    // SAFETY: shutdown takes no pointers; a stale descriptor only yields an error.
-    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: shutdown takes no pointers and the descriptor is borrowed, so open.
+    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR)).map(drop)
 }
 
 fn set_flag(sock: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {

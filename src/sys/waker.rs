@@ -2,12 +2,12 @@
 //! drains it and can never be lost, even if it comes before the worker first waits.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
 
 #[derive(Debug)]
-pub struct Waker {
+pub(crate) struct Waker {
     fd: OwnedFd,
 }
 
@@ -46,7 +46,7 @@ impl Waker {
         ));
     }
 
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }

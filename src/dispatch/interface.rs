@@ -1,5 +1,5 @@
 //! The vocabulary between the core and the shell: readiness in, actions out, and the outcome of each
-//! action fed back. Plain data, no behaviour.
+//! action fed back. Plain data; the only logic is the classification of system-call results.
 
 use super::Token;
 
@@ -16,6 +16,8 @@ pub struct Readiness {
     pub error: bool,
 }
 
+/// Named readiness sets and the merge of two, for the simulated kernel and the tests.
+#[cfg(any(test, feature = "sim"))]
 impl Readiness {
     /// Nothing ready.
     pub const NONE: Readiness = Readiness {
@@ -35,6 +37,17 @@ impl Readiness {
         writable: true,
         ..Readiness::NONE
     };
+
+    /// Both sets of flags, as epoll merges edges that come before a wait.
+    pub fn or(self, other: Readiness) -> Readiness {
+        Readiness {
+            readable: self.readable || other.readable,
+            writable: self.writable || other.writable,
+            read_closed: self.read_closed || other.read_closed,
+            hangup: self.hangup || other.hangup,
+            error: self.error || other.error,
+        }
+    }
 }
 
 /// What the shell must do next. Actions that name a [`Token`] concern a live connection; `Accept`,
@@ -187,26 +200,20 @@ mod tests {
 
     #[test]
     fn accept_errors_are_classified() {
-        let of = |errno| AcceptOutcome::<()>::from_result(Err(Error::from_raw_os_error(errno)));
-        assert_eq!(of(libc::EAGAIN), AcceptOutcome::WouldBlock);
-        assert_eq!(of(libc::EINTR), AcceptOutcome::Interrupted);
-        assert_eq!(of(libc::ECONNABORTED), AcceptOutcome::Aborted);
-        assert_eq!(
-            of(libc::EMFILE),
-            AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors)
-        );
-        assert_eq!(
-            of(libc::ENFILE),
-            AcceptOutcome::Exhausted(ResourceError::SystemDescriptors)
-        );
-        assert_eq!(
-            of(libc::ENOBUFS),
-            AcceptOutcome::Exhausted(ResourceError::Buffers)
-        );
-        assert_eq!(
-            of(libc::ENOMEM),
-            AcceptOutcome::Exhausted(ResourceError::Memory)
-        );
-        assert_eq!(of(libc::EBADF), AcceptOutcome::Failed);
+        use AcceptOutcome::*;
+        let cases = [
+            (libc::EAGAIN, WouldBlock),
+            (libc::EINTR, Interrupted),
+            (libc::ECONNABORTED, Aborted),
+            (libc::EMFILE, Exhausted(ResourceError::ProcessDescriptors)),
+            (libc::ENFILE, Exhausted(ResourceError::SystemDescriptors)),
+            (libc::ENOBUFS, Exhausted(ResourceError::Buffers)),
+            (libc::ENOMEM, Exhausted(ResourceError::Memory)),
+            (libc::EBADF, Failed),
+        ];
+        for (errno, want) in cases {
+            let got = AcceptOutcome::<()>::from_result(Err(Error::from_raw_os_error(errno)));
+            assert_eq!(got, want, "errno {errno}");
+        }
     }
 }

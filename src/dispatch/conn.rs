@@ -1,0 +1,226 @@
+//! One connection as the core sees it: its socket, its pending output, what the last edges and
+//! outcomes said about each direction, and the one function that decides its next step.
+
+use super::outbuf::OutBuf;
+use super::Readiness;
+
+/// What the core knows of a connection's receive side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The last read found the socket empty: new input will raise a new edge.
+    Drained,
+    /// An edge came: input may be waiting. A short read means the socket is empty.
+    Ready,
+    /// Input may be waiting and a short read proves nothing, only would-block or EOF does: the
+    /// peer finished (reads go on to EOF).
+    Exact,
+    /// A read returned 0: the peer sent everything.
+    Ended,
+}
+
+/// What the core knows of a connection's send side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The send buffer may have room.
+    Open,
+    /// A write was short or would block: wait for the writable edge.
+    Blocked,
+    /// Our FIN is sent (the stop): nothing more is written, input is only discarded.
+    Shut,
+    /// An error edge or outcome: the connection is closed at its next turn.
+    Failed,
+}
+
+/// The next thing a connection needs, in priority order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Close,
+    /// Write the pending output.
+    Write,
+    /// Shut the write side (the stop, with nothing left to write).
+    ShutdownWrite,
+    /// Read up to this many bytes.
+    Read(usize),
+}
+
+/// How much a read may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    /// The pending-output cap.
+    pub cap: usize,
+    /// The scratch buffer's length.
+    pub scratch: usize,
+}
+
+#[derive(Debug)]
+pub struct Conn<S> {
+    pub sock: S,
+    pub pending: OutBuf,
+    pub input: Input,
+    pub output: Output,
+    /// The connection is in the ready queue (kept by the scheduler's caller, so no token is queued
+    /// twice).
+    pub queued: bool,
+    /// Idle-clock tick of the last byte read or written (0 without an idle timeout).
+    pub last_active: u32,
+}
+
+impl<S> Conn<S> {
+    pub fn new(sock: S, last_active: u32) -> Self {
+        Conn {
+            sock,
+            pending: OutBuf::default(),
+            input: Input::Drained,
+            output: Output::Open,
+            queued: false,
+            last_active,
+        }
+    }
+
+    /// Records an epoll event.
+    pub fn on_readiness(&mut self, r: Readiness) {
+        if self.input != Input::Ended {
+            if r.read_closed || r.hangup {
+                self.input = Input::Exact;
+            } else if r.readable && self.input == Input::Drained {
+                self.input = Input::Ready;
+            }
+        }
+        if (r.writable || r.hangup) && self.output == Output::Blocked {
+            self.output = Output::Open;
+        }
+        if r.error {
+            self.output = Output::Failed;
+        }
+    }
+
+    /// A read returned `n` of the `asked` bytes.
+    pub fn on_data(&mut self, n: usize, asked: usize) {
+        if n < asked && self.input == Input::Ready {
+            self.input = Input::Drained;
+        }
+    }
+
+    /// A read found the socket empty.
+    pub fn on_would_block(&mut self) {
+        if self.input != Input::Ended {
+            self.input = Input::Drained;
+        }
+    }
+
+    /// The connection's next step, or `None` when it has nothing to do until an edge or timer.
+    /// The scheduler queues a connection exactly when this is `Some`, so "has work" and "what to
+    /// do" can never disagree.
+    pub fn next_step(&self, stopping: bool, room: Room) -> Option<Step> {
+        if self.output == Output::Failed {
+            return Some(Step::Close);
+        }
+        if !self.pending.is_empty() {
+            if self.output == Output::Open {
+                return Some(Step::Write);
+            }
+        } else if self.input == Input::Ended {
+            // Everything read was written back: closing sends FIN after it.
+            return Some(Step::Close);
+        } else if stopping && self.output != Output::Shut {
+            return Some(Step::ShutdownWrite);
+        }
+        if !matches!(self.input, Input::Ready | Input::Exact) {
+            return None;
+        }
+        if stopping {
+            // After the stop input is read only to be discarded, once our FIN is out.
+            return (self.output == Output::Shut).then_some(Step::Read(room.scratch));
+        }
+        let free = room.cap - self.pending.len();
+        (free > 0).then(|| Step::Read(free.min(room.scratch)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOM: Room = Room { cap: 8, scratch: 5 };
+
+    fn conn() -> Conn<()> {
+        Conn::new((), 0)
+    }
+
+    #[test]
+    fn a_new_connection_waits_for_its_first_edge() {
+        assert_eq!(conn().next_step(false, ROOM), None);
+    }
+
+    #[test]
+    fn input_reads_at_most_the_room_left_under_the_cap() {
+        let mut c = conn();
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Read(5)));
+        c.pending.push(&[0; 6], 8);
+        c.output = Output::Blocked;
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Read(2)));
+        c.pending.push(&[0; 2], 8);
+        assert_eq!(c.next_step(false, ROOM), None, "at the cap: paused");
+    }
+
+    #[test]
+    fn a_short_read_drains_unless_the_peer_finished() {
+        let mut c = conn();
+        c.on_readiness(Readiness::READABLE);
+        c.on_data(3, 5);
+        assert_eq!(c.input, Input::Drained);
+        c.on_readiness(Readiness {
+            read_closed: true,
+            ..Readiness::READABLE
+        });
+        c.on_data(3, 5);
+        assert_eq!(
+            c.input,
+            Input::Exact,
+            "only EOF ends a finished peer's input"
+        );
+        c.on_would_block();
+        assert_eq!(c.input, Input::Drained);
+    }
+
+    #[test]
+    fn an_error_closes_before_anything_else() {
+        let mut c = conn();
+        c.pending.push(b"abc", 8);
+        c.on_readiness(Readiness {
+            error: true,
+            ..Readiness::READABLE
+        });
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Close));
+    }
+
+    #[test]
+    fn eof_closes_only_once_the_pending_output_is_written() {
+        let mut c = conn();
+        c.input = Input::Ended;
+        c.pending.push(b"abc", 8);
+        c.output = Output::Blocked;
+        assert_eq!(c.next_step(false, ROOM), None);
+        c.on_readiness(Readiness::WRITABLE);
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Write));
+        c.pending.consume(3);
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Close));
+    }
+
+    #[test]
+    fn the_stop_flushes_then_shuts_then_discards_input() {
+        let mut c = conn();
+        c.pending.push(b"ab", 8);
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Write));
+        c.output = Output::Blocked;
+        assert_eq!(c.next_step(true, ROOM), None, "no echo read after the stop");
+        c.pending.consume(2);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
+        c.output = Output::Shut;
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_would_block();
+        assert_eq!(c.next_step(true, ROOM), None);
+    }
+}

@@ -1,0 +1,386 @@
+//! The one list of counters. Each counter is defined once below (its name, what it means, how it
+//! sums over workers); the [`Report`], the live stats, the summary and the stats lines, and the
+//! parsing of those lines are all derived from that list, never written out again.
+
+use std::fmt;
+use std::ops::{AddAssign, Index};
+
+/// How a counter combines over workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Merge {
+    /// Events or bytes: the total is the sum.
+    Sum,
+    /// A high-water mark: the total is the largest.
+    Max,
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal, $merge:ident;)+) => {
+        /// One counter of a [`Report`]. `Counter::ALL` lists them in the order they are shown.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Counter {
+            /// Every counter, in display order.
+            pub const ALL: [Counter; COUNT] = [$(Counter::$variant),+];
+
+            /// The name used in log lines and metrics (`snake_case`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+
+            /// What the counter means, in one line.
+            pub fn doc(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => concat!($($doc),+).trim(),)+
+                }
+            }
+
+            const fn merge(self) -> Merge {
+                match self {
+                    $(Counter::$variant => Merge::$merge,)+
+                }
+            }
+        }
+
+        /// How many counters there are.
+        pub(crate) const COUNT: usize = [$($name),+].len();
+    };
+}
+
+counters! {
+    /// Connections accepted and served.
+    Accepted = "accepted", Sum;
+    /// Connections closed (served connections only).
+    Closed = "closed", Sum;
+    /// Bytes read from peers to be echoed.
+    BytesRead = "bytes_read", Sum;
+    /// Bytes handed to the kernel for sending back.
+    BytesWritten = "bytes_written", Sum;
+    /// Bytes read but never handed to the kernel: lost to a peer error, the drain deadline or the idle timeout.
+    BytesDropped = "bytes_dropped", Sum;
+    /// Bytes a peer sent after the stop began, read only so the close sends no reset, never echoed.
+    BytesDiscarded = "bytes_discarded", Sum;
+    /// Connections closed by the drain deadline.
+    DeadlineCloses = "deadline_closes", Sum;
+    /// Connections closed for silence by the idle timeout.
+    IdleCloses = "idle_closes", Sum;
+    /// Connections accepted and closed at once because the server was at its connection limit.
+    Rejected = "rejected", Sum;
+    /// `accept` failures with EMFILE: the process is out of descriptors.
+    AcceptEmfile = "accept_emfile", Sum;
+    /// `accept` failures with ENFILE: the system is out of descriptors.
+    AcceptEnfile = "accept_enfile", Sum;
+    /// `accept` failures with ENOBUFS: the kernel is out of socket buffers.
+    AcceptEnobufs = "accept_enobufs", Sum;
+    /// `accept` failures with ENOMEM: the kernel is out of memory.
+    AcceptEnomem = "accept_enomem", Sum;
+    /// Other `accept` failures that caused a back-off.
+    AcceptFailed = "accept_failed", Sum;
+    /// Times a connection stopped being read because its pending output reached the cap.
+    BackpressurePauses = "backpressure_pauses", Sum;
+    /// The most output any one connection held pending, in bytes (a high-water mark, not a setting).
+    PendingHighWater = "pending_high_water_bytes", Max;
+    /// Descriptors the worker closed.
+    DescriptorsClosed = "descriptors_closed", Sum;
+}
+
+/// A value computed from the counters, shown beside them but never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Derived {
+    /// Connections open: accepted minus closed.
+    Active,
+    /// `accept` failures for lack of descriptors or memory: the four kinds together.
+    AcceptExhausted,
+}
+
+impl Derived {
+    /// Every derived value, in display order.
+    pub const ALL: [Derived; 2] = [Derived::Active, Derived::AcceptExhausted];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Derived::Active => "active",
+            Derived::AcceptExhausted => "accept_exhausted",
+        }
+    }
+
+    pub fn doc(self) -> &'static str {
+        match self {
+            Derived::Active => "Connections open: accepted minus closed.",
+            Derived::AcceptExhausted => {
+                "accept failures for lack of descriptors or memory (the four kinds together)."
+            }
+        }
+    }
+
+    /// The value for `report`.
+    pub fn of(self, report: &Report) -> u64 {
+        match self {
+            Derived::Active => report[Counter::Accepted].saturating_sub(report[Counter::Closed]),
+            Derived::AcceptExhausted => [
+                Counter::AcceptEmfile,
+                Counter::AcceptEnfile,
+                Counter::AcceptEnobufs,
+                Counter::AcceptEnomem,
+            ]
+            .into_iter()
+            .map(|c| report[c])
+            .sum(),
+        }
+    }
+}
+
+/// The counters of one worker (or, summed, of the whole server).
+///
+/// Invariant once every connection is closed: `bytes_read == bytes_written + bytes_dropped`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    values: [u64; COUNT],
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report { values: [0; COUNT] }
+    }
+}
+
+impl Index<Counter> for Report {
+    type Output = u64;
+
+    fn index(&self, counter: Counter) -> &u64 {
+        &self.values[counter as usize]
+    }
+}
+
+impl Report {
+    /// The value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self[counter]
+    }
+
+    /// A derived value.
+    pub fn derived(&self, value: Derived) -> u64 {
+        value.of(self)
+    }
+
+    /// Connections open when the counters were taken.
+    pub fn active(&self) -> u64 {
+        Derived::Active.of(self)
+    }
+
+    /// True when every byte read was either handed back to the kernel or counted as dropped.
+    pub fn balances(&self) -> bool {
+        self[Counter::BytesRead] == self[Counter::BytesWritten] + self[Counter::BytesDropped]
+    }
+
+    /// Every counter with its value, in display order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.into_iter().map(|c| (c, self[c]))
+    }
+
+    /// Adds `n` to a counter (a high-water mark takes the larger value instead).
+    pub(crate) fn add(&mut self, counter: Counter, n: u64) {
+        let value = &mut self.values[counter as usize];
+        match counter.merge() {
+            Merge::Sum => *value += n,
+            Merge::Max => *value = (*value).max(n),
+        }
+    }
+
+    /// Adds one to a counter.
+    pub(crate) fn count(&mut self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// The values as an array in `Counter::ALL` order, for publishing.
+    pub(crate) fn to_array(self) -> [u64; COUNT] {
+        self.values
+    }
+
+    /// The report whose values are `values`, in `Counter::ALL` order.
+    pub(crate) fn from_array(values: [u64; COUNT]) -> Report {
+        Report { values }
+    }
+
+    /// Reads the `name=value` pairs of a summary or stats line back into a report. Derived values
+    /// are checked against the counters; words that are not `name=value` pairs are skipped, so a
+    /// whole log line can be given.
+    pub fn parse(line: &str) -> Result<Report, ParseError> {
+        let mut report = Report::default();
+        let mut seen = [false; COUNT];
+        let mut derived = Vec::new();
+        for (name, value) in line.split_whitespace().filter_map(|w| w.split_once('=')) {
+            let parsed = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| ParseError(format!("{name}={value} is not a number")))
+            };
+            if let Some(c) = Counter::ALL.into_iter().find(|c| c.name() == name) {
+                report.values[c as usize] = parsed()?;
+                seen[c as usize] = true;
+            } else if let Some(d) = Derived::ALL.into_iter().find(|d| d.name() == name) {
+                derived.push((d, parsed()?));
+            }
+        }
+        if let Some(missing) = Counter::ALL.into_iter().find(|&c| !seen[c as usize]) {
+            return Err(ParseError(format!("counter {} missing", missing.name())));
+        }
+        for (d, value) in derived {
+            if d.of(&report) != value {
+                let what = format!("{}={value} disagrees with the counters", d.name());
+                return Err(ParseError(what));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Why [`Report::parse`] failed: a counter missing, a value not a number, or a derived value that
+/// disagrees with the counters.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError(String);
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl AddAssign for Report {
+    fn add_assign(&mut self, other: Report) {
+        for (c, v) in other.iter() {
+            self.add(c, v);
+        }
+    }
+}
+
+/// `active=.. accepted=.. ... accept_exhausted=..`: the derived values first and last around every
+/// counter, so the summary and the stats lines carry the same fields.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", Derived::Active.name(), self.active())?;
+        for (c, v) in self.iter() {
+            write!(f, " {}={v}", c.name())?;
+        }
+        let exhausted = Derived::AcceptExhausted;
+        write!(f, " {}={}", exhausted.name(), exhausted.of(self))
+    }
+}
+
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Report {{ {self} }}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report whose every counter holds a different value, so a swapped field shows.
+    fn distinct(base: u64) -> Report {
+        Report::from_array(std::array::from_fn(|i| base + 3 * i as u64))
+    }
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.extend(Derived::ALL.iter().map(|d| d.name()));
+        for name in &names {
+            assert!(
+                name.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{name}"
+            );
+        }
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a name is used twice");
+    }
+
+    #[test]
+    fn every_counter_has_a_doc_line() {
+        for c in Counter::ALL {
+            assert!(c.doc().ends_with('.'), "{}: {:?}", c.name(), c.doc());
+        }
+    }
+
+    #[test]
+    fn sums_add_and_high_water_marks_take_the_larger() {
+        let (a, b) = (distinct(5), distinct(1000));
+        let mut total = a;
+        total += b;
+        for c in Counter::ALL {
+            let want = match c {
+                Counter::PendingHighWater => a[c].max(b[c]),
+                _ => a[c] + b[c],
+            };
+            assert_eq!(total[c], want, "{}", c.name());
+        }
+        // Max, not the later value: the larger one came first here.
+        let mut high = Report::default();
+        high.add(Counter::PendingHighWater, 9);
+        high.add(Counter::PendingHighWater, 4);
+        assert_eq!(high[Counter::PendingHighWater], 9);
+    }
+
+    #[test]
+    fn a_line_parses_back_into_the_same_report() {
+        let report = distinct(7);
+        let line = format!("epoll-echo: stopped: {report}");
+        assert_eq!(Report::parse(&line), Ok(report));
+    }
+
+    /// A report with these counters set.
+    fn with(values: &[(Counter, u64)]) -> Report {
+        let mut r = Report::default();
+        for &(c, v) in values {
+            r.add(c, v);
+        }
+        r
+    }
+
+    #[test]
+    fn the_line_shows_every_counter_and_the_derived_values() {
+        let r = with(&[
+            (Counter::Accepted, 5),
+            (Counter::Closed, 2),
+            (Counter::AcceptEmfile, 3),
+            (Counter::AcceptEnomem, 4),
+        ]);
+        let text = r.to_string();
+        assert!(text.starts_with("active=3 accepted=5 closed=2 "), "{text}");
+        assert!(text.ends_with(" accept_exhausted=7"), "{text}");
+        for c in Counter::ALL {
+            assert!(text.contains(&format!(" {}=", c.name())), "{text}");
+        }
+    }
+
+    #[test]
+    fn parsing_refuses_missing_bad_and_inconsistent_values() {
+        let line = distinct(1).to_string();
+        let refused = |changed: String, why: &str| match Report::parse(&changed) {
+            Err(e) => assert!(e.to_string().contains(why), "{e}"),
+            Ok(r) => panic!("{changed} parsed as {r}"),
+        };
+        refused(line.replace("closed=", "kept="), "counter closed missing");
+        refused(line.replace("bytes_read=", "bytes_read=x"), "not a number");
+        refused(line.replacen("active=", "active=9", 1), "active=9");
+    }
+
+    #[test]
+    fn balance_detects_lost_bytes() {
+        let mut r = with(&[(Counter::BytesRead, 10), (Counter::BytesWritten, 7)]);
+        r.add(Counter::BytesDropped, 2);
+        assert!(!r.balances());
+        r.add(Counter::BytesDropped, 1);
+        assert!(r.balances());
+    }
+}

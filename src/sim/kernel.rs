@@ -1,0 +1,998 @@
+//! The one simulated kernel under every test layer: a virtual clock, a listener with a bounded
+//! backlog, one [`Link`] per connection, an epoll ready list, the waker and a descriptor limit.
+//!
+//! The server's side is the system calls the worker makes through [`Io`] (via [`Sim`]); each draws
+//! its faults from the [`Faults`] rates and checks the rules a worker must keep, recording or
+//! panicking on a break. The other side is the clients', driven by whichever layer runs the kernel
+//! (scheduled clients, model steps, fuzz input) through `connect`, `client_send` and the like.
+//!
+//! Readiness is edge-triggered the way Linux reports it (see [`Link`]); injected faults that Linux
+//! could not produce alone (a short read with more queued, a would-block with room) are paired with
+//! the edge that would follow. Edges for one token merge into one ready-list entry, as epoll does.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::entropy::Entropy;
+use super::faults::{Fault, Faults};
+use super::link::{Break, Link, Stage};
+use super::trace::{logged, Ev, Nanos, Trace};
+use super::Readiness;
+use crate::dispatch::{Settings, Token};
+use crate::io::Io;
+use crate::report::{Counter, Report};
+
+/// A connection socket as the worker holds it: the index of its link. Not `Clone`, so the worker
+/// cannot duplicate it; one left unclosed at the end is a leak.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SimSocket(usize);
+
+/// Operations in one round before the worker counts as looping forever.
+const MAX_OPS_PER_WAIT: usize = 20_000;
+/// Trace lines kept for a failure report.
+const TRACE_LEN: usize = 400;
+
+/// A rule of the worker's contract, broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// A byte written is not the next byte its client sent; a write after the FIN or of nothing;
+    /// a close that resets a client with echo in flight.
+    Echo,
+    /// Bytes read and not yet written exceed the pending-output cap.
+    Cap,
+    /// An operation on a closed or never-accepted socket, or the closed listener.
+    ClosedOp,
+    /// An accept after the stop; a FIN before it; an echo read after it.
+    Stop,
+}
+
+/// One broken rule and what broke it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub rule: Rule,
+    pub what: String,
+}
+
+/// The fixed facts of one simulated kernel.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub faults: Faults,
+    /// Connections the listener's backlog holds.
+    pub backlog_cap: usize,
+    /// Descriptors the worker may hold before `accept` fails with `EMFILE`.
+    pub fd_limit: usize,
+    /// The worker's pending-output cap, which the rules check.
+    pub max_pending: usize,
+    /// The worker's drain timeout: closes after the deadline may reset clients.
+    pub drain: Duration,
+    /// Panic at the first broken rule (else record it and go on).
+    pub strict: bool,
+}
+
+impl Setup {
+    /// A kernel for a worker with `settings`: no backlog or descriptor limit, strict rules.
+    pub fn for_worker(settings: &Settings, faults: Faults) -> Setup {
+        Setup {
+            faults,
+            backlog_cap: usize::MAX,
+            fd_limit: usize::MAX,
+            max_pending: settings.max_pending,
+            drain: settings.drain_timeout,
+            strict: true,
+        }
+    }
+}
+
+/// What the kernel saw, for the audit and for the tests' coverage checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub waits: u64,
+    /// Connections `accept` returned.
+    pub accepted: u64,
+    pub emfile: u64,
+    pub enfile: u64,
+    pub aborted: u64,
+    /// Descriptors the worker closed (connections and the listener).
+    pub closes: u64,
+    pub short_reads: u64,
+    pub short_writes: u64,
+}
+
+#[derive(Debug)]
+struct Listener {
+    open: bool,
+    closes: u32,
+    backlog: VecDeque<usize>,
+    cap: usize,
+    /// When the worker last called `accept`.
+    last_accept: Option<Nanos>,
+}
+
+/// What the worker did lately, for liveness checks.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Bumped by every operation that changes what a client or the worker sees.
+    progress: u64,
+    ops_since_wait: usize,
+    /// Links the worker touched since the last wait, whose clients may want to act.
+    touched: Vec<usize>,
+}
+
+/// The epoll instance: its ready list and the waker's pending wake-up.
+#[derive(Debug, Default)]
+struct Epoll {
+    /// Merged pending edges, in the order they were first raised.
+    ready: Vec<(Token, Readiness)>,
+    waker: bool,
+    /// Tokens of closed connections, for stale events.
+    closed: Vec<Token>,
+}
+
+/// The simulated kernel of one worker. `E` chooses every fault and, for the layer driving the
+/// clients, their behaviour.
+pub struct Kernel<E> {
+    pub rng: E,
+    pub faults: Faults,
+    /// Virtual time zero, and the time now.
+    clock: (Instant, Nanos),
+    setup: Setup,
+    listener: Listener,
+    pub links: Vec<Link>,
+    epoll: Epoll,
+    open_fds: usize,
+    /// When the worker learnt of the stop (the wake-up was delivered).
+    stop_at: Option<Nanos>,
+    activity: Activity,
+    /// Broken rules (when not strict) and the trace of the latest operations.
+    findings: (Vec<Violation>, Trace),
+    pub counts: Counts,
+}
+
+impl<E: Entropy> Kernel<E> {
+    pub fn new(rng: E, setup: Setup) -> Self {
+        Kernel {
+            rng,
+            faults: setup.faults.clone(),
+            clock: (Instant::now(), 0),
+            listener: Listener {
+                open: true,
+                closes: 0,
+                backlog: VecDeque::new(),
+                cap: setup.backlog_cap.max(1),
+                last_accept: None,
+            },
+            setup,
+            links: Vec::new(),
+            epoll: Epoll::default(),
+            open_fds: 0,
+            stop_at: None,
+            activity: Activity::default(),
+            findings: (Vec::new(), Trace::new(TRACE_LEN)),
+            counts: Counts::default(),
+        }
+    }
+
+    // ----- time, state and reports -----
+
+    pub fn now(&self) -> Nanos {
+        self.clock.1
+    }
+
+    pub fn advance_to(&mut self, t: Nanos) {
+        self.clock.1 = self.clock.1.max(t);
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.clock.1 += by.as_nanos() as Nanos;
+    }
+
+    pub fn instant(&self) -> Instant {
+        self.clock.0 + Duration::from_nanos(self.clock.1)
+    }
+
+    /// The virtual time of an instant the worker gave.
+    pub fn virtual_of(&self, t: Instant) -> Nanos {
+        t.saturating_duration_since(self.clock.0)
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as Nanos
+    }
+
+    /// When the worker learnt of the stop.
+    pub fn stop_at(&self) -> Option<Nanos> {
+        self.stop_at
+    }
+
+    /// The drain deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        let drain = self.setup.drain.as_nanos().min(u128::from(u64::MAX)) as Nanos;
+        self.stop_at
+            .is_some_and(|t| self.now() >= t.saturating_add(drain))
+    }
+
+    pub fn listener_open(&self) -> bool {
+        self.listener.open
+    }
+
+    pub fn listener_closes(&self) -> u32 {
+        self.listener.closes
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.listener.backlog.len()
+    }
+
+    /// When the worker last called `accept`.
+    pub fn last_accept(&self) -> Option<Nanos> {
+        self.listener.last_accept
+    }
+
+    pub fn open_fds(&self) -> usize {
+        self.open_fds
+    }
+
+    pub fn fd_limit(&self) -> usize {
+        self.setup.fd_limit
+    }
+
+    /// An edge or the wake-up is waiting to be delivered.
+    pub fn has_ready(&self) -> bool {
+        !self.epoll.ready.is_empty() || self.epoll.waker
+    }
+
+    pub fn progress(&self) -> u64 {
+        self.activity.progress
+    }
+
+    /// The links touched by the worker since the last call.
+    pub fn take_touched(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.activity.touched)
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.findings.0
+    }
+
+    pub fn trace(&self) -> String {
+        self.findings.1.render()
+    }
+
+    pub fn note(&mut self, ev: Ev) {
+        self.findings.1.push(ev);
+    }
+
+    /// A one-paragraph picture of every link, for a failure report.
+    pub fn state_dump(&self) -> String {
+        let mut out = format!(
+            "now={}us stop_at={:?} listener_open={} backlog={:?} open_fds={}\n",
+            self.now() / 1_000,
+            self.stop_at,
+            self.listener.open,
+            self.listener.backlog,
+            self.open_fds
+        );
+        for (i, l) in self.links.iter().enumerate() {
+            out.push_str(&format!(
+                "  link {i}: {:?} {:?} excluded={:?} sent={} fin={} unread={} | queued_out={} \
+                 out_fin={} received={} eof_seen={} | {:?} shut={} want_write={}\n",
+                l.stage,
+                l.broken,
+                l.excluded,
+                l.up.sent.len(),
+                l.up.fin,
+                l.up.queued(),
+                l.down.queue.len(),
+                l.down.fin,
+                l.down.received,
+                l.down.saw_eof,
+                l.audit,
+                l.write_shut,
+                l.down.want_write,
+            ));
+        }
+        out
+    }
+
+    fn violate(&mut self, rule: Rule, what: String) {
+        if self.setup.strict {
+            panic!("{rule:?} rule broken: {what}\n{}", self.state_dump());
+        }
+        self.note(Ev::Note(format!("VIOLATION {rule:?}: {what}")));
+        self.findings.0.push(Violation { rule, what });
+    }
+
+    /// Whether `fault` strikes this operation.
+    fn fault(&mut self, fault: Fault) -> bool {
+        self.rng.chance(self.faults.rate(fault))
+    }
+
+    fn bump(&mut self) {
+        self.activity.progress += 1;
+    }
+
+    fn touch(&mut self, link: usize) {
+        self.activity.touched.push(link);
+        self.bump();
+    }
+
+    // ----- edges -----
+
+    /// Raises an edge on a link's socket if the worker registered it and has not closed it.
+    fn edge(&mut self, link: usize, r: Readiness) {
+        if r == Readiness::NONE {
+            return;
+        }
+        let l = &self.links[link];
+        if let Some(token) = l.token.filter(|_| l.is_open()) {
+            self.raise(token, r);
+        }
+    }
+
+    /// Merges an edge into the ready list: one entry per token, flags or-ed, as epoll does.
+    fn raise(&mut self, token: Token, r: Readiness) {
+        match self.epoll.ready.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, old)) => *old = old.or(r),
+            None => self.epoll.ready.push((token, r)),
+        }
+    }
+
+    /// An edge without a change of state (epoll allows them; they must be harmless).
+    pub fn inject_edge(&mut self, link: usize, r: Readiness) {
+        self.note(Ev::Edge(link, r));
+        self.edge(link, r);
+    }
+
+    /// An event for a closed connection's token.
+    pub fn inject_stale(&mut self, token: Token, r: Readiness) {
+        self.raise(token, r);
+    }
+
+    /// A listener edge.
+    pub fn listener_edge(&mut self) {
+        if self.listener.open {
+            self.raise(Token::LISTENER, Readiness::READABLE);
+        }
+    }
+
+    /// The wake-up for shutdown: pending until the worker consumes it.
+    pub fn request_stop(&mut self) {
+        self.epoll.waker = true;
+    }
+
+    /// Delivers the ready list (`epoll_wait`), with its faults: an interrupted wait, a batch cut
+    /// short, a spurious edge, a stale event.
+    pub fn deliver(&mut self, deadline: Option<Nanos>, mut on_event: impl FnMut(Token, Readiness)) {
+        self.counts.waits += 1;
+        self.activity.ops_since_wait = 0;
+        if self.fault(Fault::WaitEintr) {
+            self.note(Ev::WaitEintr);
+            return;
+        }
+        if !self.links.is_empty() && self.fault(Fault::SpuriousEdge) {
+            let link = self.rng.below(self.links.len() as u64) as usize;
+            let r = if self.rng.chance(500) {
+                Readiness::READABLE
+            } else {
+                Readiness::WRITABLE
+            };
+            self.edge(link, r);
+        }
+        let mut batch = std::mem::take(&mut self.epoll.ready);
+        if batch.len() > 1 && self.fault(Fault::ShortBatch) {
+            let keep = self.rng.upto(batch.len() as u64 - 1) as usize;
+            self.epoll.ready = batch.split_off(keep);
+        }
+        if !self.epoll.closed.is_empty() && self.fault(Fault::StaleEvent) {
+            let pick = self.rng.below(self.epoll.closed.len() as u64) as usize;
+            let stale = self.epoll.closed[pick];
+            batch.push((stale, Readiness::READABLE.or(Readiness::WRITABLE)));
+        }
+        if self.epoll.waker {
+            batch.push((Token::WAKER, Readiness::READABLE));
+            if self.stop_at.is_none() {
+                self.stop_at = Some(self.now());
+                self.note(Ev::Stop { at: self.now() });
+            }
+        }
+        self.note(Ev::Wait {
+            at: self.now(),
+            deadline,
+            events: batch.len(),
+        });
+        for (token, r) in batch {
+            on_event(token, r);
+        }
+    }
+
+    // ----- the worker's system calls -----
+
+    /// Counts an operation; a round that never ends is a bug in the loop, reported at once.
+    fn op(&mut self) {
+        self.activity.ops_since_wait += 1;
+        assert!(
+            self.activity.ops_since_wait <= MAX_OPS_PER_WAIT,
+            "the worker performed {MAX_OPS_PER_WAIT} operations without waiting: a round never ends\n{}",
+            self.state_dump()
+        );
+    }
+
+    /// Checks that `sock` is a socket the worker holds open; returns its link.
+    fn live(&mut self, sock: &SimSocket, what: &str) -> Option<usize> {
+        let stage = self.links.get(sock.0).map(|l| l.stage);
+        if stage == Some(Stage::Open) {
+            return Some(sock.0);
+        }
+        self.violate(
+            Rule::ClosedOp,
+            format!("{what} on socket {} which is {stage:?}", sock.0),
+        );
+        None
+    }
+
+    pub fn accept(&mut self) -> io::Result<SimSocket> {
+        self.op();
+        self.listener.last_accept = Some(self.now());
+        let r = self.accept_inner();
+        let got = logged(&r, |s| s.0);
+        self.note(Ev::Accept(got));
+        r
+    }
+
+    fn accept_inner(&mut self) -> io::Result<SimSocket> {
+        if !self.listener.open {
+            self.violate(Rule::ClosedOp, "accept on the closed listener".into());
+            return errno(libc::EBADF);
+        }
+        if self.stop_at.is_some() {
+            self.violate(Rule::Stop, "accept after the stop".into());
+        }
+        if self.fault(Fault::AcceptEintr) {
+            return errno(libc::EINTR);
+        }
+        if self.open_fds >= self.setup.fd_limit || self.fault(Fault::AcceptEmfile) {
+            self.counts.emfile += 1;
+            return errno(libc::EMFILE);
+        }
+        if self.fault(Fault::AcceptEnfile) {
+            self.counts.enfile += 1;
+            return errno(libc::ENFILE);
+        }
+        let Some(link) = self.listener.backlog.pop_front() else {
+            return errno(libc::EAGAIN);
+        };
+        if self.fault(Fault::AcceptAborted) {
+            let l = &mut self.links[link];
+            l.stage = Stage::Lost;
+            l.excluded = Some("aborted in the backlog");
+            self.counts.aborted += 1;
+            self.bump();
+            return errno(libc::ECONNABORTED);
+        }
+        self.links[link].stage = Stage::Open;
+        self.open_fds += 1;
+        self.counts.accepted += 1;
+        self.touch(link);
+        Ok(SimSocket(link))
+    }
+
+    pub fn register(&mut self, sock: &SimSocket, token: Token) -> io::Result<()> {
+        self.op();
+        let Some(link) = self.live(sock, "register") else {
+            return errno(libc::EBADF);
+        };
+        if !token.is_conn() || self.links[link].token.is_some() {
+            self.violate(
+                Rule::ClosedOp,
+                format!("socket {link} registered again or with a reserved token {token:?}"),
+            );
+        }
+        let ok = !self.fault(Fault::RegisterFail);
+        self.note(Ev::Register(link, token, ok));
+        if !ok {
+            self.links[link].excluded = Some("register failed");
+            return errno(libc::ENOMEM);
+        }
+        self.links[link].token = Some(token);
+        // EPOLL_CTL_ADD reports what is already true.
+        let now = self.links[link].current_readiness();
+        self.edge(link, now);
+        Ok(())
+    }
+
+    pub fn read(&mut self, sock: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
+        let asked = buf.len();
+        self.transfer(sock, "read", |k, link| {
+            let r = k.read_inner(link, buf);
+            let got = logged(&r, |n| *n);
+            (r, Ev::Read { link, asked, got })
+        })
+    }
+
+    /// A read or write on a socket the worker must hold open, traced.
+    fn transfer(
+        &mut self,
+        sock: &SimSocket,
+        what: &str,
+        call: impl FnOnce(&mut Self, usize) -> (io::Result<usize>, Ev),
+    ) -> io::Result<usize> {
+        self.op();
+        let Some(link) = self.live(sock, what) else {
+            return errno(libc::EBADF);
+        };
+        let (r, ev) = call(self, link);
+        self.note(ev);
+        r
+    }
+
+    fn read_inner(&mut self, link: usize, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop_at.is_some() && !self.links[link].write_shut {
+            self.violate(
+                Rule::Stop,
+                format!("socket {link} read for echo after the stop"),
+            );
+        }
+        if self.fault(Fault::ReadEintr) {
+            return errno(libc::EINTR);
+        }
+        if self.links[link].broken == Break::Reset {
+            return errno(libc::ECONNRESET);
+        }
+        if self.fault(Fault::ReadReset) {
+            self.reset_by_network(link);
+            return errno(libc::ECONNRESET);
+        }
+        let stopped = self.stop_at.is_some();
+        let l = &mut self.links[link];
+        let avail = l.up.queued();
+        if avail == 0 {
+            if !l.up.fin {
+                return errno(libc::EAGAIN);
+            }
+            l.audit.eof_read = true;
+            l.audit.eof_before_stop |= !stopped;
+            return Ok(0);
+        }
+        // After the FIN nothing more can arrive, so the kernel's answer is exact.
+        let more_may_come = !l.up.fin;
+        if more_may_come && self.fault(Fault::ReadEagain) {
+            self.edge(link, Readiness::READABLE);
+            return errno(libc::EAGAIN);
+        }
+        let mut k = buf.len().min(avail);
+        if more_may_come && self.fault(Fault::ReadShort) {
+            k = self.rng.upto(k as u64) as usize;
+            if k < buf.len() {
+                self.counts.short_reads += 1;
+                self.edge(link, Readiness::READABLE);
+            }
+        }
+        let cap = self.setup.max_pending as u64;
+        let l = &mut self.links[link];
+        buf[..k].copy_from_slice(&l.up.sent[l.up.read..l.up.read + k]);
+        l.up.read += k;
+        if l.write_shut {
+            l.audit.discarded += k as u64;
+        } else {
+            l.audit.echo_read += k as u64;
+            let held = l.audit.echo_read - l.audit.written;
+            if held > cap {
+                self.violate(
+                    Rule::Cap,
+                    format!("socket {link}: {held} bytes read and not written, over the cap {cap}"),
+                );
+            }
+        }
+        self.touch(link);
+        Ok(k)
+    }
+
+    pub fn write(&mut self, sock: &SimSocket, buf: &[u8]) -> io::Result<usize> {
+        let offered = buf.len();
+        self.transfer(sock, "write", |k, link| {
+            let r = k.write_inner(link, buf);
+            let took = logged(&r, |n| *n);
+            (
+                r,
+                Ev::Write {
+                    link,
+                    offered,
+                    took,
+                },
+            )
+        })
+    }
+
+    fn write_inner(&mut self, link: usize, buf: &[u8]) -> io::Result<usize> {
+        if self.links[link].write_shut {
+            self.violate(Rule::Echo, format!("write on socket {link} after its FIN"));
+            return errno(libc::EPIPE);
+        }
+        if buf.is_empty() {
+            self.violate(Rule::Echo, format!("empty write on socket {link}"));
+        }
+        if self.fault(Fault::WriteEintr) {
+            return errno(libc::EINTR);
+        }
+        if self.links[link].broken != Break::Intact {
+            return errno(libc::EPIPE);
+        }
+        if self.fault(Fault::WriteReset) {
+            self.reset_by_network(link);
+            return errno(libc::EPIPE);
+        }
+        let room = self.links[link].down.room();
+        if room == 0 {
+            self.links[link].down.want_write = true;
+            return errno(libc::EAGAIN);
+        }
+        if self.fault(Fault::WriteEagain) {
+            self.links[link].down.want_write = true;
+            self.edge(link, Readiness::WRITABLE);
+            return errno(libc::EAGAIN);
+        }
+        let mut k = buf.len().min(room);
+        if self.fault(Fault::WriteShort) {
+            k = self.rng.upto(k as u64) as usize;
+            if k < room {
+                self.edge(link, Readiness::WRITABLE);
+            }
+        }
+        if k < buf.len() {
+            self.counts.short_writes += 1;
+            self.links[link].down.want_write = true;
+        }
+        let l = &mut self.links[link];
+        let at = l.audit.written as usize;
+        if l.up.sent.get(at..at + k) != Some(&buf[..k]) {
+            let what =
+                format!("socket {link}: wrote {k} bytes at echo offset {at} that are not the client's bytes there");
+            self.violate(Rule::Echo, what);
+        }
+        let l = &mut self.links[link];
+        l.down.queue.extend(&buf[..k]);
+        l.audit.written += k as u64;
+        self.touch(link);
+        Ok(k)
+    }
+
+    pub fn shutdown_write(&mut self, sock: &SimSocket) {
+        self.op();
+        let Some(link) = self.live(sock, "shutdown_write") else {
+            return;
+        };
+        self.note(Ev::ShutdownWrite(link));
+        if self.stop_at.is_none() {
+            self.violate(Rule::Stop, format!("socket {link} shut before the stop"));
+        }
+        let l = &mut self.links[link];
+        l.write_shut = true;
+        l.down.fin = true;
+        if l.up.fin {
+            // Both directions shut: HUP.
+            let r = Readiness {
+                writable: true,
+                read_closed: true,
+                hangup: true,
+                ..Readiness::READABLE
+            };
+            self.edge(link, r);
+        }
+        self.touch(link);
+    }
+
+    pub fn close(&mut self, sock: SimSocket) {
+        self.op();
+        let Some(link) = self.live(&sock, "close") else {
+            return;
+        };
+        let deadline = self.past_deadline();
+        let stopped = self.stop_at.is_some();
+        let unread = self.links[link].up.queued();
+        self.note(Ev::Close {
+            link,
+            unread,
+            deadline,
+        });
+        let l = &mut self.links[link];
+        l.stage = Stage::Closed;
+        l.audit.deadline_close = deadline;
+        l.audit.closed_before_stop = !stopped;
+        if l.token.is_none() && l.excluded.is_none() {
+            // Closed before it was registered: the connection limit turned it away.
+            l.excluded = Some("closed before registration");
+        }
+        let excused = deadline || l.excluded.is_some();
+        self.open_fds -= 1;
+        self.counts.closes += 1;
+        if let Some(token) = l.token {
+            self.epoll.closed.push(token);
+            self.epoll.ready.retain(|(t, _)| *t != token);
+        }
+        let l = &mut self.links[link];
+        if unread > 0 && l.broken != Break::Reset {
+            // Closing with unread input sends RST, which may destroy echoed bytes in flight.
+            l.audit.reset_by_server = true;
+            l.down.queue.clear();
+            if !excused {
+                self.violate(
+                    Rule::Echo,
+                    format!("socket {link} closed with {unread} unread bytes: the client gets RST"),
+                );
+            }
+        } else {
+            l.down.fin = true;
+        }
+        self.touch(link);
+    }
+
+    pub fn close_listener(&mut self) {
+        self.op();
+        self.note(Ev::CloseListener);
+        self.listener.closes += 1;
+        if !self.listener.open {
+            self.violate(Rule::ClosedOp, "listener closed twice".into());
+            return;
+        }
+        self.listener.open = false;
+        self.counts.closes += 1;
+        self.epoll.ready.retain(|(t, _)| *t != Token::LISTENER);
+        // Connections still in the backlog are reset by the kernel.
+        while let Some(link) = self.listener.backlog.pop_front() {
+            let l = &mut self.links[link];
+            l.stage = Stage::Lost;
+            l.excluded = Some("in the backlog at the stop");
+        }
+        self.bump();
+    }
+
+    pub fn clear_wake(&mut self) {
+        assert!(self.epoll.waker, "clear_wake without a wake-up");
+        self.epoll.waker = false;
+    }
+
+    /// A reset that a read or write runs into (injected).
+    fn reset_by_network(&mut self, link: usize) {
+        self.links[link].excluded = Some("reset by the network");
+        let r = self.links[link].reset();
+        self.edge(link, r);
+        self.bump();
+    }
+
+    // ----- the clients' side -----
+
+    /// A client connects: it joins the backlog (the listener gets an edge). `Err` when the
+    /// listener is closed (refused) or the backlog is full (the SYN is dropped).
+    pub fn connect(
+        &mut self,
+        rcv_cap: usize,
+        snd_cap: usize,
+        write_space: usize,
+    ) -> Result<usize, Refused> {
+        if !self.listener.open {
+            return Err(Refused::Closed);
+        }
+        if self.listener.backlog.len() >= self.listener.cap {
+            return Err(Refused::Full);
+        }
+        let link = self.links.len();
+        self.links.push(Link::new(rcv_cap, snd_cap, write_space));
+        self.listener.backlog.push_back(link);
+        self.raise(Token::LISTENER, Readiness::READABLE);
+        self.note(Ev::Connect(link));
+        self.bump();
+        Ok(link)
+    }
+
+    /// The client sends `bytes` (within its send room). Data for a socket the server closed is
+    /// answered with RST.
+    pub fn client_send(&mut self, link: usize, bytes: &[u8]) {
+        if self.links[link].stage == Stage::Closed {
+            self.links[link].audit.reset_by_server = true;
+            self.links[link].down.queue.clear();
+            return;
+        }
+        self.client_act(link, Ev::ClientSend(link, bytes.len()), |l| l.send(bytes));
+    }
+
+    pub fn client_fin(&mut self, link: usize) {
+        self.client_act(link, Ev::ClientFin(link), Link::fin);
+    }
+
+    /// The client reads up to `max` bytes of echo.
+    pub fn client_recv(&mut self, link: usize, max: usize) -> Vec<u8> {
+        let (bytes, r) = self.links[link].recv(max);
+        if !bytes.is_empty() {
+            self.note(Ev::ClientRecv(link, bytes.len()));
+            self.bump();
+        }
+        self.edge(link, r);
+        bytes
+    }
+
+    /// The client reads the server's FIN, if everything before it was read.
+    pub fn client_eof(&mut self, link: usize) -> bool {
+        let eof = self.links[link].read_eof();
+        if eof {
+            self.note(Ev::ClientEof(link));
+            self.bump();
+        }
+        eof
+    }
+
+    pub fn client_reset(&mut self, link: usize) {
+        self.client_act(link, Ev::ClientReset(link), Link::reset);
+    }
+
+    pub fn client_vanish(&mut self, link: usize) {
+        self.client_act(link, Ev::ClientVanish(link), Link::vanish);
+    }
+
+    /// A client acts on its end of `link`; the server's socket gets the edge the act raises.
+    fn client_act(&mut self, link: usize, ev: Ev, act: impl FnOnce(&mut Link) -> Readiness) {
+        let r = act(&mut self.links[link]);
+        self.note(ev);
+        self.edge(link, r);
+        self.bump();
+    }
+
+    // ----- the audit -----
+
+    /// Compares the worker's report with what the kernel saw; returns each disagreement. Meant for
+    /// the end of a run, once every connection is closed.
+    pub fn audit(&self, report: &Report) -> Vec<String> {
+        let sum = |f: fn(&Link) -> u64| self.links.iter().map(f).sum::<u64>();
+        let closed = sum(|l| u64::from(l.stage == Stage::Closed));
+        let expected = [
+            (
+                "accepted + rejected",
+                report[Counter::Accepted] + report[Counter::Rejected],
+                self.counts.accepted,
+            ),
+            (
+                "closed + rejected",
+                report[Counter::Closed] + report[Counter::Rejected],
+                closed,
+            ),
+            (
+                "bytes_read",
+                report[Counter::BytesRead],
+                sum(|l| l.audit.echo_read),
+            ),
+            (
+                "bytes_written",
+                report[Counter::BytesWritten],
+                sum(|l| l.audit.written),
+            ),
+            (
+                "bytes_dropped",
+                report[Counter::BytesDropped],
+                sum(|l| l.audit.echo_read - l.audit.written),
+            ),
+            (
+                "bytes_discarded",
+                report[Counter::BytesDiscarded],
+                sum(|l| l.audit.discarded),
+            ),
+            (
+                "deadline_closes",
+                report[Counter::DeadlineCloses],
+                sum(|l| u64::from(l.audit.deadline_close)),
+            ),
+            (
+                "descriptors_closed",
+                report[Counter::DescriptorsClosed],
+                self.counts.closes,
+            ),
+            (
+                "accept_emfile",
+                report[Counter::AcceptEmfile],
+                self.counts.emfile,
+            ),
+            (
+                "accept_enfile",
+                report[Counter::AcceptEnfile],
+                self.counts.enfile,
+            ),
+        ];
+        let mut wrong: Vec<String> = expected
+            .iter()
+            .filter(|(_, got, want)| got != want)
+            .map(|(what, got, want)| format!("{what}: report {got}, kernel {want}"))
+            .collect();
+        if !report.balances() {
+            wrong.push("bytes_read != bytes_written + bytes_dropped".into());
+        }
+        let cap = self.setup.max_pending as u64;
+        if report[Counter::PendingHighWater] > cap {
+            wrong.push(format!(
+                "pending output reached {} over the cap {cap}",
+                report[Counter::PendingHighWater]
+            ));
+        }
+        wrong
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The listener is closed.
+    Closed,
+    /// The backlog is full: the SYN is dropped, the client may retry.
+    Full,
+}
+
+fn errno<T>(code: i32) -> io::Result<T> {
+    Err(io::Error::from_raw_os_error(code))
+}
+
+/// What happens in the world while the worker waits: clients act, time passes, the stop comes.
+pub trait World<E> {
+    /// Called at the start of every wait, before the ready list is delivered, with the deadline
+    /// the worker asked for (virtual time).
+    fn before_wait(&mut self, kernel: &mut Kernel<E>, deadline: Option<Nanos>);
+}
+
+/// A world where nothing happens by itself: the test acts on the kernel between turns.
+pub struct Steps;
+
+impl<E> World<E> for Steps {
+    fn before_wait(&mut self, _: &mut Kernel<E>, _: Option<Nanos>) {}
+}
+
+/// The simulated kernel and the world around it, as the worker's [`Io`].
+pub struct Sim<E, W> {
+    pub kernel: Kernel<E>,
+    pub world: W,
+}
+
+impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
+    type Socket = SimSocket;
+
+    fn now(&self) -> Instant {
+        self.kernel.instant()
+    }
+
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        on_event: impl FnMut(Token, Readiness),
+    ) -> io::Result<()> {
+        let deadline = deadline.map(|d| self.kernel.virtual_of(d));
+        self.world.before_wait(&mut self.kernel, deadline);
+        self.kernel.deliver(deadline, on_event);
+        Ok(())
+    }
+
+    fn accept(&mut self) -> io::Result<SimSocket> {
+        self.kernel.accept()
+    }
+
+    fn register(&mut self, sock: &SimSocket, token: Token) -> io::Result<()> {
+        self.kernel.register(sock, token)
+    }
+
+    fn read(&mut self, sock: &SimSocket, buf: &mut [u8]) -> io::Result<usize> {
+        self.kernel.read(sock, buf)
+    }
+
+    fn write(&mut self, sock: &SimSocket, buf: &[u8]) -> io::Result<usize> {
+        self.kernel.write(sock, buf)
+    }
+
+    fn shutdown_write(&mut self, sock: &SimSocket) {
+        self.kernel.shutdown_write(sock);
+    }
+
+    fn close(&mut self, sock: SimSocket) {
+        self.kernel.close(sock);
+    }
+
+    fn close_listener(&mut self) {
+        self.kernel.close_listener();
+    }
+
+    fn clear_wake(&mut self) {
+        self.kernel.clear_wake();
+    }
+}

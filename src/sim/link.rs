@@ -1,0 +1,276 @@
+//! One simulated TCP connection, both ends: what the client sent and the server has not read, what
+//! the server wrote and the client has not read (unacknowledged), the FINs and resets, and the
+//! counts the audit compares with the worker's report.
+//!
+//! Client-side operations return the readiness they raise on the server's socket, the way Linux
+//! reports it: new input raises readable; a FIN raises readable + RDHUP (+ HUP and writable once
+//! both directions are shut); a reset raises everything; room freed after a full or partial write
+//! raises writable once at least `write_space` bytes are free.
+
+use std::collections::VecDeque;
+
+use super::Readiness;
+use crate::dispatch::Token;
+
+/// Where the connection is in its life, as the server's kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// In the listener's backlog.
+    Queued,
+    /// Accepted: the server holds a socket for it.
+    Open,
+    /// The server closed its socket.
+    Closed,
+    /// Never accepted: aborted in the backlog, or reset when the listener closed.
+    Lost,
+}
+
+/// How the client broke the connection, if it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Break {
+    Intact,
+    /// The client sent RST: reads fail with `ECONNRESET`, writes with `EPIPE`.
+    Reset,
+    /// The client vanished: reads reach EOF after what is queued, writes fail with `EPIPE`.
+    Gone,
+}
+
+/// Client to server.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    /// Every byte the client sent, in order: the input the echo is checked against.
+    pub sent: Vec<u8>,
+    /// How much of `sent` the server has read (echoed or discarded); the rest is queued.
+    pub read: usize,
+    /// Most bytes that may wait unread (the server's receive buffer).
+    pub cap: usize,
+    /// The client shut its write side.
+    pub fin: bool,
+}
+
+impl Upstream {
+    pub fn queued(&self) -> usize {
+        self.sent.len() - self.read
+    }
+}
+
+/// Server to client.
+#[derive(Debug, Default)]
+pub struct Downstream {
+    /// Written by the server and not yet read by the client (nor acknowledged).
+    pub queue: VecDeque<u8>,
+    /// Most bytes that may be in flight (the server's send buffer).
+    pub cap: usize,
+    /// Free room that raises the writable edge owed after a full or partial write.
+    pub write_space: usize,
+    /// A full or partial write happened: room must raise a writable edge.
+    pub want_write: bool,
+    /// The server sent FIN (shut its write side or closed), after `queue`.
+    pub fin: bool,
+    /// Bytes of the echo the client has read.
+    pub received: usize,
+    /// The client read the server's FIN.
+    pub saw_eof: bool,
+}
+
+impl Downstream {
+    pub fn room(&self) -> usize {
+        self.cap - self.queue.len()
+    }
+}
+
+/// What the server did with the bytes, for the audit.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// Bytes read before the server shut its write side: to be echoed.
+    pub echo_read: u64,
+    /// Bytes read after the server shut its write side: discarded.
+    pub discarded: u64,
+    /// Bytes of echo written.
+    pub written: u64,
+    /// A read returned EOF.
+    pub eof_read: bool,
+    /// A read returned EOF before the stop.
+    pub eof_before_stop: bool,
+    /// The server closed it before the stop.
+    pub closed_before_stop: bool,
+    /// The server closed it at or after the drain deadline.
+    pub deadline_close: bool,
+    /// The server's close sent RST (it closed with input unread).
+    pub reset_by_server: bool,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Link {
+    pub stage: Stage,
+    pub token: Option<Token>,
+    pub up: Upstream,
+    pub down: Downstream,
+    pub broken: Break,
+    /// The server shut its write side.
+    pub write_shut: bool,
+    pub audit: Audit,
+    /// Why the end-of-run echo checks do not apply, if they do not.
+    pub excluded: Option<&'static str>,
+}
+
+impl Link {
+    pub fn new(rcv_cap: usize, snd_cap: usize, write_space: usize) -> Link {
+        Link {
+            stage: Stage::Queued,
+            token: None,
+            up: Upstream {
+                cap: rcv_cap.max(1),
+                ..Upstream::default()
+            },
+            down: Downstream {
+                cap: snd_cap.max(1),
+                write_space: write_space.clamp(1, snd_cap.max(1)),
+                ..Downstream::default()
+            },
+            broken: Break::Intact,
+            write_shut: false,
+            audit: Audit::default(),
+            excluded: None,
+        }
+    }
+
+    /// The server holds an open socket for it.
+    pub fn is_open(&self) -> bool {
+        self.stage == Stage::Open
+    }
+
+    /// What the client may still send without exceeding the receive buffer.
+    pub fn send_room(&self) -> usize {
+        self.up.cap.saturating_sub(self.up.queued())
+    }
+
+    /// The client may still act: connected, not broken, not told to go away.
+    pub fn client_can_send(&self) -> bool {
+        matches!(self.stage, Stage::Queued | Stage::Open)
+            && self.broken == Break::Intact
+            && !self.up.fin
+    }
+
+    /// The readiness of the server's socket right now, as `EPOLL_CTL_ADD` reports it.
+    pub fn current_readiness(&self) -> Readiness {
+        let reset = self.broken == Break::Reset;
+        let ended = self.up.fin || self.broken != Break::Intact;
+        Readiness {
+            readable: self.up.queued() > 0 || ended,
+            writable: true,
+            read_closed: ended,
+            hangup: reset || self.broken == Break::Gone,
+            error: reset,
+        }
+    }
+
+    // ----- the client's side -----
+
+    /// The client sends `bytes` (the caller keeps them within `send_room`).
+    pub fn send(&mut self, bytes: &[u8]) -> Readiness {
+        self.up.sent.extend_from_slice(bytes);
+        Readiness::READABLE
+    }
+
+    /// The client shuts its write side.
+    pub fn fin(&mut self) -> Readiness {
+        self.up.fin = true;
+        Readiness {
+            read_closed: true,
+            hangup: self.write_shut,
+            writable: self.write_shut,
+            ..Readiness::READABLE
+        }
+    }
+
+    /// The client reads up to `max` bytes of echo; returns them and the readiness the freed room
+    /// raises, if any.
+    pub fn recv(&mut self, max: usize) -> (Vec<u8>, Readiness) {
+        let k = max.min(self.down.queue.len());
+        let bytes: Vec<u8> = self.down.queue.drain(..k).collect();
+        self.down.received += k;
+        let mut raised = Readiness::NONE;
+        if self.down.want_write && self.down.room() >= self.down.write_space {
+            self.down.want_write = false;
+            raised = Readiness::WRITABLE;
+        }
+        (bytes, raised)
+    }
+
+    /// The client reads the server's FIN, once everything before it is read.
+    pub fn read_eof(&mut self) -> bool {
+        let at_eof = self.down.fin && self.down.queue.is_empty();
+        self.down.saw_eof |= at_eof;
+        at_eof
+    }
+
+    /// The client aborts with RST.
+    pub fn reset(&mut self) -> Readiness {
+        self.broken = Break::Reset;
+        self.down.queue.clear();
+        Readiness {
+            readable: true,
+            writable: true,
+            read_closed: true,
+            hangup: true,
+            error: true,
+        }
+    }
+
+    /// The client vanishes: nothing more comes, nothing more can be sent to it.
+    pub fn vanish(&mut self) -> Readiness {
+        self.broken = Break::Gone;
+        self.up.fin = true;
+        Readiness {
+            hangup: true,
+            ..Readiness::NONE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fin_after_the_servers_shutdown_hangs_up_both_ways() {
+        let mut l = Link::new(10, 10, 1);
+        assert!(!l.fin().hangup);
+        let mut l = Link::new(10, 10, 1);
+        l.write_shut = true;
+        let r = l.fin();
+        assert!(r.hangup && r.writable && r.read_closed && r.readable);
+    }
+
+    #[test]
+    fn freed_room_raises_writable_only_when_owed_and_large_enough() {
+        let mut l = Link::new(10, 10, 4);
+        l.down.queue.extend([1u8; 10]);
+        assert_eq!(l.recv(5).1, Readiness::NONE, "no write was refused");
+        l.down.queue.extend([1u8; 5]);
+        l.down.want_write = true;
+        assert_eq!(l.recv(3).1, Readiness::NONE, "3 free, 4 needed");
+        assert_eq!(l.recv(1).1, Readiness::WRITABLE);
+        assert!(!l.down.want_write);
+    }
+
+    #[test]
+    fn registration_reports_what_is_already_true() {
+        let mut l = Link::new(10, 10, 1);
+        assert_eq!(
+            l.current_readiness(),
+            Readiness {
+                writable: true,
+                ..Readiness::NONE
+            }
+        );
+        l.send(b"x");
+        l.fin();
+        let r = l.current_readiness();
+        assert!(r.readable && r.read_closed && !r.error);
+        l.reset();
+        assert!(l.current_readiness().error);
+    }
+}

@@ -1,0 +1,198 @@
+//! The client side: connections with timeouts, chunked writes and reads, echo round trips,
+//! reproducible payloads, and a verifiable byte stream for long transfers.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use epoll_echo::sim::{Entropy, SeedRng};
+
+use super::IO_TIMEOUT;
+
+/// Longest single read or write the stream helpers issue.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A connected client with [`IO_TIMEOUT`] on every read and write.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set read timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set write timeout");
+    stream
+}
+
+/// Sends `msg` and reads back exactly as many bytes; true when they are the same.
+pub fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut back = vec![0; msg.len()];
+    s.read_exact(&mut back).is_ok() && back == msg
+}
+
+/// Sizes and payloads from a seed (the simulated kernel's generator): the same seed, the same run.
+pub struct Rng(SeedRng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(SeedRng::new(seed))
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0.below(n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        self.0.bytes(len)
+    }
+}
+
+/// A random binary payload of `len` bytes, the same for the same seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    Rng::new(seed).bytes(len)
+}
+
+/// Reads exactly `len` bytes in reads of random sizes (at most `max_read`).
+pub fn read_exact_chunked(
+    stream: &mut TcpStream,
+    len: usize,
+    rng: &mut Rng,
+    max_read: usize,
+) -> Vec<u8> {
+    let mut got = Vec::with_capacity(len);
+    let mut buf = vec![0; max_read];
+    while got.len() < len {
+        let want = rng.below(max_read).max(1).min(len - got.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => panic!("EOF after {} of {len} echoed bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read failed after {} of {len} echoed bytes: {e}", got.len()),
+        }
+    }
+    got
+}
+
+/// Writes `data` in writes of random sizes (at most `max_write`).
+pub fn write_chunked(stream: &mut TcpStream, data: &[u8], rng: &mut Rng, max_write: usize) {
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + rng.below(max_write).max(1)).min(data.len());
+        stream
+            .write_all(&data[at..end])
+            .expect("write to the server");
+        at = end;
+    }
+}
+
+/// Reads until EOF; panics on a timeout or an error (a reset is not a clean EOF).
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("read until the server's EOF");
+    rest
+}
+
+/// Sends `data`, half-closes, and returns everything read back until EOF. A writer thread sends
+/// while this thread reads, so no payload size can fill both directions and deadlock the client.
+pub fn echo_half_close(stream: &mut TcpStream, data: Vec<u8>, seed: u64) -> Vec<u8> {
+    let mut writer = stream.try_clone().expect("clone the client socket");
+    let sender = thread::spawn(move || {
+        let mut rng = Rng::new(seed);
+        write_chunked(&mut writer, &data, &mut rng, 16 * 1024);
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let back = read_to_eof(stream);
+    sender.join().expect("writer thread");
+    back
+}
+
+/// Writes `data` until it is all sent or no byte was taken for `stall` (the whole path to the
+/// server and back is full because the server stopped reading). Returns the bytes sent. The stall
+/// only decides when a test starts reading; no verdict depends on it.
+pub fn write_until_stalled(stream: &mut TcpStream, data: &[u8], stall: Duration) -> usize {
+    stream
+        .set_write_timeout(Some(stall))
+        .expect("set stall timeout");
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + CHUNK).min(data.len());
+        match stream.write(&data[at..end]) {
+            Ok(n) => at += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("write failed after {at} bytes: {e}"),
+        }
+    }
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("restore write timeout");
+    at
+}
+
+/// The stream `byte(offset) = (offset + shift) % 251`: a period prime to every chunk size, and a
+/// per-connection shift so crossed connections show. Cheap to check for gigabytes.
+pub struct Pattern {
+    table: Vec<u8>,
+    shift: u64,
+}
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern {
+            table: (0..251 + CHUNK).map(|i| (i % 251) as u8).collect(),
+            shift: seed * 7,
+        }
+    }
+
+    /// The `len <= CHUNK` bytes at stream offset `offset`.
+    pub fn at(&self, offset: u64, len: usize) -> &[u8] {
+        let start = ((offset + self.shift) % 251) as usize;
+        &self.table[start..start + len]
+    }
+}
+
+/// How a stream ended for the reader.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Eof,
+    Reset,
+}
+
+/// Reads until EOF or error, checking each byte against `pattern`; returns bytes read and how it
+/// ended. Panics on a wrong byte or a timeout.
+pub fn read_verified(s: &mut TcpStream, pattern: &Pattern, limit: u64) -> (u64, End) {
+    let mut buf = vec![0; CHUNK];
+    let mut got = 0u64;
+    while got < limit {
+        let want = CHUNK.min((limit - got) as usize);
+        match s.read(&mut buf[..want]) {
+            Ok(0) => return (got, End::Eof),
+            Ok(n) => {
+                assert!(
+                    buf[..n] == *pattern.at(got, n),
+                    "corrupt echo at offset {got}"
+                );
+                got += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("read timed out after {got} bytes")
+            }
+            Err(_) => return (got, End::Reset),
+        }
+    }
+    (got, End::Eof)
+}
