@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -157,7 +157,7 @@ fn scenarios(idle_conns: usize) -> Vec<Scenario> {
 
 struct Running {
     child: Child,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
 }
 
 impl Running {
@@ -187,7 +187,7 @@ impl Running {
             });
         let mut running = Running {
             child,
-            addr: SocketAddrV4::new([0, 0, 0, 0].into(), 0),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         match addr {
             Some(a) => {

@@ -1,10 +1,10 @@
 //! The load scenarios: closed-loop ping-pong with a pipeline depth, open-loop streaming at a target
 //! rate, connect churn, and idle-hold. Each runs on one thread over one epoll instance, checks every
-//! echoed byte, and stops by itself at its deadline.
+//! echoed byte, and stops by itself at its deadline. Connection errors name the address.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ const OPEN_LOOP_MAX_OUTSTANDING: usize = 4096;
 /// What to run and against whom.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub conns: usize,
     /// Messages in flight per connection (closed loop).
     pub depth: usize,
@@ -31,14 +31,18 @@ pub struct Spec {
     pub warmup: Duration,
     /// Open loop: total messages per second across all connections.
     pub rate: Option<f64>,
-    /// Source addresses 127.0.0.1 ..= 127.0.0.N.
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N, for an IPv4 loopback target.
     pub sources: u8,
     pub server_pid: Option<u32>,
 }
 
-fn source(i: usize, sources: u8) -> Option<Ipv4Addr> {
+/// The source address of connection `i`: spread over 127.0.0.1 ..= 127.0.0.N when the target is
+/// IPv4 loopback (each source has its own ephemeral port range); the system's choice otherwise,
+/// since no other destination is reachable from those addresses.
+fn source(i: usize, sources: u8, dst: SocketAddr) -> Option<IpAddr> {
     let n = sources.max(1) as usize;
-    (n > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8))
+    let loopback_v4 = matches!(dst, SocketAddr::V4(a) if a.ip().is_loopback());
+    (n > 1 && loopback_v4).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8)))
 }
 
 fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
@@ -47,12 +51,15 @@ fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("connected only {i} of {}", spec.conns),
+                format!(
+                    "connected only {i} of {} to {} in {SETUP_LIMIT:?}",
+                    spec.conns, spec.addr
+                ),
             ));
         }
         out.push(sys::connect(
             spec.addr,
-            source(i, spec.sources),
+            source(i, spec.sources, spec.addr),
             CONNECT_TIMEOUT,
         )?);
     }
@@ -295,7 +302,8 @@ pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunR
         }
         meter.tick(now);
         let base = Pattern::base(i);
-        match churn_once(spec, pattern, base, source(i, spec.sources), &mut buf) {
+        let src = source(i, spec.sources, spec.addr);
+        match churn_once(spec, pattern, base, src, &mut buf) {
             Ok(true) => {
                 if measuring {
                     meter.record(now.elapsed().as_nanos() as u64);
@@ -320,7 +328,7 @@ fn churn_once(
     spec: &Spec,
     pattern: &Pattern,
     base: u64,
-    src: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
     buf: &mut [u8],
 ) -> io::Result<bool> {
     let mut stream = sys::connect(spec.addr, src, CONNECT_TIMEOUT)?;
@@ -421,12 +429,9 @@ mod tests {
     use std::net::TcpListener;
 
     /// A blocking echo server for `conns` connections; with `corrupt`, it flips the first byte.
-    fn server(conns: usize, corrupt: bool) -> SocketAddrV4 {
+    fn server(conns: usize, corrupt: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test listener");
-        let addr = match listener.local_addr().expect("local address") {
-            std::net::SocketAddr::V4(a) => a,
-            other => panic!("not IPv4: {other}"),
-        };
+        let addr = listener.local_addr().expect("local address");
         std::thread::spawn(move || {
             for _ in 0..conns {
                 let Ok((mut s, _)) = listener.accept() else {
@@ -453,7 +458,7 @@ mod tests {
         addr
     }
 
-    fn spec(addr: SocketAddrV4, conns: usize, duration: Duration) -> Spec {
+    fn spec(addr: SocketAddr, conns: usize, duration: Duration) -> Spec {
         Spec {
             addr,
             conns,
@@ -486,6 +491,32 @@ mod tests {
         let r = run_load(&spec(server(3, true), 3, Duration::from_secs(20)), &p, "t")
             .expect("load run");
         assert_eq!(r.mismatches, 3);
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_address() {
+        // Bind then drop: nothing listens on that port any more.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let p = Pattern::new(1);
+        let err = run_load(&spec(addr, 1, Duration::from_millis(100)), &p, "t")
+            .expect_err("nothing listens");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn sources_spread_only_over_ipv4_loopback() {
+        let v4: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+        let v6: SocketAddr = "[::1]:9".parse().expect("literal");
+        let remote: SocketAddr = "192.0.2.1:9".parse().expect("literal");
+        assert_eq!(
+            source(5, 4, v4),
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        );
+        assert_eq!(source(5, 1, v4), None);
+        assert_eq!(source(5, 4, v6), None);
+        assert_eq!(source(5, 4, remote), None);
     }
 
     #[test]

@@ -11,14 +11,16 @@ mod pattern;
 mod procstat;
 mod stats;
 mod sys;
+mod target;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use pattern::Pattern;
+use target::{parse_target, Target};
 
 #[derive(Parser)]
 #[command(
@@ -52,9 +54,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server address (IPv4).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddrV4,
+    /// Server as HOST:PORT: localhost:8080, 127.0.0.1:8080 or [::1]:8080.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080", value_parser = parse_target)]
+    addr: Target,
     #[arg(long, default_value_t = 50)]
     conns: usize,
     /// Messages in flight per connection (ping).
@@ -78,10 +80,10 @@ struct Common {
 }
 
 impl Common {
-    fn spec(&self, rate: Option<f64>) -> load::Spec {
+    fn spec(&self, addr: SocketAddr, rate: Option<f64>) -> load::Spec {
         let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 3600.0));
         load::Spec {
-            addr: self.addr,
+            addr,
             conns: self.conns.max(1),
             depth: self.depth.max(1),
             size: self.size.max(1),
@@ -98,15 +100,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     sys::raise_nofile();
     let pattern = Pattern::new(0x5eed);
-    let (kind, result) = match cli.command {
-        Command::Compare(opts) => return compare::run(&opts, &pattern),
-        Command::Ping(c) => ("ping", load::run_load(&c.spec(None), &pattern, "ping")),
-        Command::Stream { common, rate } => (
-            "stream",
-            load::run_load(&common.spec(Some(rate.max(1.0))), &pattern, "stream"),
-        ),
-        Command::Churn(c) => ("churn", load::run_churn(&c.spec(None), &pattern, "churn")),
-        Command::Idle(c) => ("idle", load::run_idle(&c.spec(None), &pattern, "idle")),
+    let (kind, common, rate) = match &cli.command {
+        Command::Compare(opts) => return compare::run(opts, &pattern),
+        Command::Ping(c) => ("ping", c, None),
+        Command::Stream { common, rate } => ("stream", common, Some(rate.max(1.0))),
+        Command::Churn(c) => ("churn", c, None),
+        Command::Idle(c) => ("idle", c, None),
+    };
+    // A name may resolve to several addresses: the run uses the first that accepts.
+    let addr = match common.addr.pick(Duration::from_secs(3)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("echo-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let spec = common.spec(addr, rate);
+    let result = match kind {
+        "ping" | "stream" => load::run_load(&spec, &pattern, kind),
+        "churn" => load::run_churn(&spec, &pattern, kind),
+        _ => load::run_idle(&spec, &pattern, kind),
     };
     match result {
         Ok(r) => {
