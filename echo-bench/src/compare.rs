@@ -25,9 +25,9 @@ pub struct Options {
     /// Rounds per scenario (each server once per round); medians are reported.
     #[arg(long)]
     rounds: Option<usize>,
-    /// Measured seconds per run.
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Measured time per run, e.g. 2s or 500ms [default: 2s, 400ms with --quick].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    duration: Option<Duration>,
     /// Which set-ups: pinned, unpinned or both.
     #[arg(long, default_value = "both")]
     setup: String,
@@ -398,11 +398,14 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
     }
     let bin = release_dir()?;
     let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 5 }).max(1);
-    let duration = Duration::from_secs_f64(
-        opts.duration
-            .unwrap_or(if opts.quick { 0.4 } else { 2.0 })
-            .clamp(0.1, 600.0),
-    );
+    let duration = opts
+        .duration
+        .unwrap_or(if opts.quick {
+            Duration::from_millis(400)
+        } else {
+            Duration::from_secs(2)
+        })
+        .max(Duration::from_millis(100));
     let warmup = if opts.quick {
         Duration::from_millis(100)
     } else {

@@ -6,6 +6,7 @@
 //! epoll echo server, runs every scenario against each in interleaved rounds and prints one table.
 
 mod compare;
+mod duration;
 mod load;
 mod pattern;
 mod procstat;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use duration::parse_duration;
 use pattern::Pattern;
 use target::{parse_target, Target};
 
@@ -65,12 +67,12 @@ struct Common {
     /// Message size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Measured seconds.
-    #[arg(long, default_value_t = 3.0)]
-    duration: f64,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 0.5)]
-    warmup: f64,
+    /// Time measured: 500ms, 5s, 1m, 1h30m, or seconds (2, 0.5).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before measuring, not counted (0: none).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    warmup: Duration,
     /// Connect from 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 4)]
     sources: u8,
@@ -81,14 +83,13 @@ struct Common {
 
 impl Common {
     fn spec(&self, addr: SocketAddr, rate: Option<f64>) -> load::Spec {
-        let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 3600.0));
         load::Spec {
             addr,
             conns: self.conns.max(1),
             depth: self.depth.max(1),
             size: self.size.max(1),
-            duration: secs(self.duration),
-            warmup: secs(self.warmup),
+            duration: self.duration,
+            warmup: self.warmup,
             rate,
             sources: self.sources,
             server_pid: self.server_pid,
