@@ -110,6 +110,8 @@ struct Scenario {
 
 /// Total rate of the open-loop scenario, messages per second.
 const OPEN_LOOP_RATE: f64 = 10_000.0;
+/// How long the idle scenario holds its connections before reading the server's memory.
+const IDLE_HOLD: Duration = Duration::from_millis(300);
 
 fn scenarios(idle_conns: usize) -> Vec<Scenario> {
     let ping = |size: usize, conns, depth| Scenario {
@@ -282,7 +284,10 @@ fn run_one(
         conns: sc.conns,
         depth: sc.depth,
         size: sc.size,
-        duration,
+        duration: match sc.kind {
+            Kind::Idle => duration.min(IDLE_HOLD),
+            _ => duration,
+        },
         warmup,
         rate: match sc.kind {
             Kind::Stream(rate) => Some(rate),
@@ -290,6 +295,7 @@ fn run_one(
         },
         sources: 8,
         server_pid: Some(running.pid()),
+        intervals: false,
     };
     let label = format!("{} {} {}", setup.name, sc.label, server.name());
     let mut res = match sc.kind {
@@ -470,6 +476,7 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                             RunResult {
                                 scenario: sc.label.clone(),
                                 errors: 1,
+                                first_error: Some(e.to_string()),
                                 ..RunResult::default()
                             }
                         }
