@@ -14,6 +14,7 @@ mod load;
 mod pattern;
 mod procstat;
 mod report;
+mod servers;
 mod stats;
 mod sys;
 mod target;
@@ -72,7 +73,7 @@ enum Command {
     #[command(after_help = EXIT_STATUS)]
     Idle(IdleArgs),
     /// Start several servers and compare them in interleaved rounds.
-    #[command(after_help = EXIT_STATUS)]
+    #[command(after_help = compare::AFTER_HELP)]
     Compare(compare::Options),
 }
 
@@ -454,6 +455,18 @@ mod tests {
         let (kind, msg) = usage_error(&["ping", "--addr", "localhost"]);
         assert_eq!(kind, ErrorKind::ValueValidation);
         assert!(msg.contains("no port"), "{msg}");
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_with_the_valid_values() {
+        let (kind, msg) = usage_error(&["compare", "--setup", "pinnned"]);
+        assert_eq!(kind, ErrorKind::InvalidValue);
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("[possible values: pinned, unpinned, both]"),
+            "{msg}"
+        );
+        assert!(msg.starts_with("invalid value 'pinnned'"), "{msg}");
     }
 
     #[test]
