@@ -5,8 +5,8 @@
 //! The `x ref` and `cpu x` columns are medians of same-round ratios against the reference server:
 //! each round pairs a server's run with the reference's run of that round, so the machine's drift
 //! cancels out. Each invocation writes new files, never touching older ones:
-//! `compare-<UTC time>.jsonl` (every run and every median, one JSON line each) and `.md` (the
-//! tables, ready to paste).
+//! `compare-<UTC time>.jsonl` (every run and every median, one JSON line each), `.md` (the tables,
+//! ready to paste) and `.svg` (the plot).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -72,7 +72,7 @@ pub struct Options {
     /// Idle connections held in the memory scenario (at most 2,000 with --quick).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = count(1, 1_000_000))]
     idle_conns: usize,
-    /// Directory for the results and tables [default: target/echo-bench of the workspace].
+    /// Directory for the results, tables and plot [default: target/echo-bench of the workspace].
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Run only the scenarios whose label contains TEXT (e.g. "16KiB", "c1000", "open").
@@ -503,6 +503,7 @@ fn compare(opts: &Options, plan: &Plan, pattern: &Pattern) -> io::Result<bool> {
     let (file, stem) = create_results(&dir, &format!("compare-{}", stamp(started)))?;
     let jsonl_path = stem.with_extension("jsonl");
     let md_path = stem.with_extension("md");
+    let svg_path = stem.with_extension("svg");
     let mut md = BufWriter::new(create_new(&md_path)?);
     let mut out = BufWriter::new(file);
     let ref_name = plan.servers[plan.reference].name.as_str();
@@ -602,8 +603,16 @@ fn compare(opts: &Options, plan: &Plan, pattern: &Pattern) -> io::Result<bool> {
     }
     out.flush()?;
     md.flush()?;
+    drop((out, md));
+    let plotted = match crate::plot::plot_file(&jsonl_path, &svg_path) {
+        Ok(()) => format!(", plot in {}", svg_path.display()),
+        Err(e) => {
+            eprintln!("echo-bench: no plot: {e}");
+            String::new()
+        }
+    };
     eprintln!(
-        "echo-bench: runs in {}, tables in {}",
+        "echo-bench: runs in {}, tables in {}{plotted}",
         jsonl_path.display(),
         md_path.display()
     );

@@ -4,14 +4,15 @@
 //!
 //! This file is the command line: one subcommand per scenario (`ping`, `stream`, `churn`, `idle`),
 //! each offering only the flags that mean something for it, plus `compare` (several servers in
-//! interleaved rounds). Output: an aligned summary by default, `--json` for one machine line,
-//! `--export-json`, `--latency`, `--hdr-log`.
+//! interleaved rounds) and `plot` (SVG from compare's results). Output: an aligned summary by
+//! default, `--json` for one machine line, `--export-json`, `--latency`, `--hdr-log`.
 
 mod args;
 mod compare;
 mod duration;
 mod load;
 mod pattern;
+mod plot;
 mod procstat;
 mod report;
 mod servers;
@@ -75,6 +76,9 @@ enum Command {
     /// Start several servers and compare them in interleaved rounds.
     #[command(after_help = compare::AFTER_HELP)]
     Compare(compare::Options),
+    /// Draw the SVG plot of a `compare` results file.
+    #[command(after_help = EXIT_STATUS)]
+    Plot(plot::Options),
 }
 
 /// Where to connect, and from where.
@@ -318,6 +322,7 @@ fn main() -> ExitCode {
     let pattern = Pattern::new(0x5eed);
     let job = match &cli.command {
         Command::Compare(opts) => return compare::run(opts, &pattern),
+        Command::Plot(opts) => return plot::run(opts),
         Command::Ping(a) => Job {
             kind: "ping",
             target: &a.target,
