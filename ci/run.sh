@@ -107,12 +107,13 @@ bench_smoke() {
         return 1
     fi
     local bench=(target/debug/echo-bench)
-    local common=(--addr "$addr" --server-pid "$pid" --warmup 0.1)
+    local common=(--addr "$addr" --server-pid "$pid")
+    # idle has no warm-up: it only opens and holds connections.
     {
-        "${bench[@]}" ping "${common[@]}" --conns 8 --depth 16 --duration 1 &&
-        "${bench[@]}" ping "${common[@]}" --conns 4 --size 16384 --duration 1 &&
-        "${bench[@]}" stream "${common[@]}" --conns 8 --rate 20000 --duration 1 &&
-        "${bench[@]}" churn "${common[@]}" --duration 0.5 &&
+        "${bench[@]}" ping "${common[@]}" --warmup 0.1 --conns 8 --depth 16 --duration 1 &&
+        "${bench[@]}" ping "${common[@]}" --warmup 0.1 --conns 4 --size 16384 --duration 1 &&
+        "${bench[@]}" stream "${common[@]}" --warmup 0.1 --conns 8 --rate 20000 --duration 1 &&
+        "${bench[@]}" churn "${common[@]}" --warmup 0.1 --duration 0.5 &&
         "${bench[@]}" idle "${common[@]}" --conns 500 --duration 0.1
     } || status=$?
     kill -TERM "$pid"

@@ -32,7 +32,7 @@ for server in epoll-echo tokio-echo epoll-ref; do
         sleep 0.1
     done
     [ -n "$addr" ] || { echo "$server did not start" >&2; kill "$pid"; exit 1; }
-    taskset -c 1 "$bin/echo-bench" ping --addr "$addr" --warmup "$warmup" --duration "$secs" "${args[@]}" >"$dir/run.json" &
+    taskset -c 1 "$bin/echo-bench" ping --json --addr "$addr" --warmup "$warmup" --duration "$secs" "${args[@]}" >"$dir/run.json" &
     bench=$!
     sleep "$warmup"
     perf stat -x, -e "$events" -p "$pid" -o "$dir/perf.csv" -- sleep "$secs" >/dev/null 2>&1

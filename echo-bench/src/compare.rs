@@ -1,86 +1,86 @@
-//! `echo-bench compare`: builds and starts each server (each on its own port, a fresh process for
-//! every run), runs every scenario against each in interleaved rounds (A B C, B C A, C A B, ...),
-//! and prints one table of medians per set-up. Every run is also written as a JSON line.
+//! `echo-bench compare`: starts each server (a fresh process for every run, on its own port), runs
+//! every scenario against each in interleaved rounds (A B C, B C A, C A B, ...), and prints one
+//! table of medians per set-up.
+//!
+//! The `x ref` and `cpu x` columns are medians of same-round ratios against the reference server:
+//! each round pairs a server's run with the reference's run of that round, so the machine's drift
+//! cancels out. Each invocation writes new files, never touching older ones:
+//! `compare-<UTC time>.jsonl` (every run and every median, one JSON line each), `.md` (the tables,
+//! ready to paste) and `.svg` (the plot).
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::SocketAddrV4;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
+use crate::args::{count, positive_duration};
 use crate::load::{self, Spec};
 use crate::pattern::Pattern;
+use crate::servers::{Launch, Running, ServerSpec, BUILTINS};
 use crate::stats::{median, spread, RunResult, Spread};
 use crate::sys;
 
+/// Shown under `compare --help`.
+pub const AFTER_HELP: &str = "\
+Servers: with no --server, the three built-ins (epoll-echo, tokio-echo, epoll-ref), built in
+release mode first. Each --server is a built-in's name or NAME=COMMAND, where COMMAND is split as a
+shell would split it and started directly (not through a shell), in the foreground, with {port}
+replaced by a free port on 127.0.0.1 and {workers} by the set-up's worker count, e.g.
+  --server epoll-ref --server 'mine=./target/release/mine --port {port} --threads {workers}'
+
+Exit status:
+  0  every run echoed every byte without error
+  1  a run had mismatches or errors, a server did not start, or a file could not be written
+  2  bad usage: an unknown flag, a value out of range, or --only/--reference naming nothing";
+
+/// Which set-ups to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SetupChoice {
+    /// Server on cpu 0 with one worker, client on the last cpu.
+    Pinned,
+    /// Two workers, server and client free to move.
+    Unpinned,
+    /// Pinned, then unpinned.
+    Both,
+}
+
 #[derive(clap::Args)]
 pub struct Options {
-    /// A short run (one round, the pinned set-up, short scenarios) to check the set-up works.
+    /// A short run (one round, pinned set-up, short scenarios) to check the set-up works.
     #[arg(long)]
     quick: bool,
-    /// Rounds per scenario (each server once per round); medians are reported.
-    #[arg(long)]
+    /// A server to compare, repeatable: a built-in's name or NAME=COMMAND (see below).
+    #[arg(long = "server", value_name = "SPEC", value_parser = crate::servers::parse_server)]
+    servers: Vec<ServerSpec>,
+    /// The server that `x ref` and `cpu x` divide by [default: epoll-ref if compared, else the
+    /// first server].
+    #[arg(long, value_name = "NAME")]
+    reference: Option<String>,
+    /// Rounds per scenario (each server once per round); medians are reported [default: 5, 1 with
+    /// --quick].
+    #[arg(long, value_name = "N", value_parser = count(1, 1000))]
     rounds: Option<usize>,
-    /// Measured seconds per run.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Which set-ups: pinned, unpinned or both.
-    #[arg(long, default_value = "both")]
-    setup: String,
-    /// Idle connections held in the memory scenario.
-    #[arg(long, default_value_t = 10_000)]
+    /// Measured time per run, e.g. 2s or 500ms [default: 2s, 400ms with --quick].
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    duration: Option<Duration>,
+    /// Which set-ups to run [default: both, pinned with --quick].
+    #[arg(long, value_enum)]
+    setup: Option<SetupChoice>,
+    /// Idle connections held in the memory scenario (at most 2,000 with --quick).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = count(1, 1_000_000))]
     idle_conns: usize,
-    /// Where to write one JSON line per run and per median.
-    #[arg(long, default_value = "target/echo-bench/compare.jsonl")]
-    out: PathBuf,
-    /// Run only the scenarios whose label contains this text (e.g. "16KiB", "c1000").
-    #[arg(long)]
+    /// Directory for the results, tables and plot [default: target/echo-bench of the workspace].
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Run only the scenarios whose label contains TEXT (e.g. "16KiB", "c1000", "open").
+    #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Use the release binaries already built.
+    /// Use the built-ins' release binaries as they are, without building them.
     #[arg(long)]
     no_build: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Server {
-    Ours,
-    Tokio,
-    Reference,
-}
-
-impl Server {
-    const ALL: [Server; 3] = [Server::Ours, Server::Tokio, Server::Reference];
-
-    fn name(self) -> &'static str {
-        match self {
-            Server::Ours => "epoll-echo",
-            Server::Tokio => "tokio-echo",
-            Server::Reference => "epoll-ref",
-        }
-    }
-
-    fn command(self, bin: &Path, workers: usize) -> Command {
-        let mut cmd = Command::new(bin.join(self.name()));
-        let workers = workers.to_string();
-        match self {
-            Server::Ours => cmd.args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--maxListeners",
-                &workers,
-                "--drain-timeout",
-                "200ms",
-            ]),
-            Server::Tokio | Server::Reference => cmd.args(["--port", "0", "--threads", &workers]),
-        };
-        cmd
-    }
 }
 
 struct Setup {
@@ -110,6 +110,8 @@ struct Scenario {
 
 /// Total rate of the open-loop scenario, messages per second.
 const OPEN_LOOP_RATE: f64 = 10_000.0;
+/// How long the idle scenario holds its connections before reading the server's memory.
+const IDLE_HOLD: Duration = Duration::from_millis(300);
 
 fn scenarios(idle_conns: usize) -> Vec<Scenario> {
     let ping = |size: usize, conns, depth| Scenario {
@@ -155,82 +157,6 @@ fn scenarios(idle_conns: usize) -> Vec<Scenario> {
     v
 }
 
-struct Running {
-    child: Child,
-    addr: SocketAddrV4,
-}
-
-impl Running {
-    fn start(server: Server, bin: &Path, setup: &Setup) -> io::Result<Running> {
-        let mut cmd = server.command(bin, setup.workers);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        sys::pin_command(&mut cmd, setup.server_cpus.clone());
-        let mut child = cmd.spawn()?;
-        let stdout = child.stdout.take();
-        let (tx, rx) = mpsc::channel();
-        // The first stdout line names the address; the thread then drains stdout until exit.
-        std::thread::spawn(move || {
-            let Some(out) = stdout else { return };
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .ok()
-            .and_then(|line| {
-                let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-        let mut running = Running {
-            child,
-            addr: SocketAddrV4::new([0, 0, 0, 0].into(), 0),
-        };
-        match addr {
-            Some(a) => {
-                running.addr = a;
-                Ok(running)
-            }
-            None => {
-                running.stop();
-                Err(io::Error::other(format!(
-                    "{} did not report its address",
-                    server.name()
-                )))
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within five seconds.
-    fn stop(&mut self) {
-        let _ = sys::signal(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
 fn build(root: &Path) -> io::Result<()> {
     eprintln!("echo-bench: building release binaries");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -269,20 +195,23 @@ fn release_dir() -> io::Result<PathBuf> {
 
 fn run_one(
     sc: &Scenario,
-    server: Server,
+    server: &ServerSpec,
     bin: &Path,
     setup: &Setup,
     duration: Duration,
     warmup: Duration,
     pattern: &Pattern,
 ) -> io::Result<RunResult> {
-    let running = Running::start(server, bin, setup)?;
+    let running = Running::start(server, bin, setup.workers, &setup.server_cpus)?;
     let spec = Spec {
         addr: running.addr,
         conns: sc.conns,
         depth: sc.depth,
         size: sc.size,
-        duration,
+        duration: match sc.kind {
+            Kind::Idle => duration.min(IDLE_HOLD),
+            _ => duration,
+        },
         warmup,
         rate: match sc.kind {
             Kind::Stream(rate) => Some(rate),
@@ -290,8 +219,9 @@ fn run_one(
         },
         sources: 8,
         server_pid: Some(running.pid()),
+        intervals: false,
     };
-    let label = format!("{} {} {}", setup.name, sc.label, server.name());
+    let label = format!("{} {} {}", setup.name, sc.label, server.name);
     let mut res = match sc.kind {
         Kind::Ping | Kind::Stream(_) => load::run_load(&spec, pattern, &label),
         Kind::Churn => load::run_churn(&spec, pattern, &label),
@@ -306,7 +236,10 @@ struct Row {
     msgs_per_s: f64,
     mb_per_s: f64,
     p50: f64,
+    p90: Option<f64>,
     p99: f64,
+    p999: Option<f64>,
+    max: Option<f64>,
     cpu: Option<f64>,
     client_cpu: Option<f64>,
     rss: Option<f64>,
@@ -320,10 +253,11 @@ struct Row {
     errors: u64,
 }
 
-/// One finished run: its round, its server and what it measured.
-type Run = (usize, Server, RunResult);
+/// One finished run: its round, its server (an index into the servers compared) and what it
+/// measured.
+type Run = (usize, usize, RunResult);
 
-fn summarize(server: Server, results: &[Run]) -> Row {
+fn summarize(server: usize, reference: usize, results: &[Run]) -> Row {
     let runs: Vec<&RunResult> = results
         .iter()
         .filter(|(_, s, _)| *s == server)
@@ -340,7 +274,7 @@ fn summarize(server: Server, results: &[Run]) -> Row {
                 .filter_map(|(round, _, r)| {
                     let (_, _, base) = results
                         .iter()
-                        .find(|(k, s, _)| k == round && *s == Server::Reference)?;
+                        .find(|(k, s, _)| k == round && *s == reference)?;
                     Some(f(r)? / f(base)?)
                 })
                 .collect(),
@@ -350,7 +284,10 @@ fn summarize(server: Server, results: &[Run]) -> Row {
         msgs_per_s: med(&|r| Some(r.msgs_per_s())).unwrap_or(0.0),
         mb_per_s: med(&|r| Some(r.mb_per_s())).unwrap_or(0.0),
         p50: med(&|r| Some(r.p50_us)).unwrap_or(0.0),
+        p90: med(&|r| Some(r.p90_us)),
         p99: med(&|r| Some(r.p99_us)).unwrap_or(0.0),
+        p999: med(&|r| Some(r.p999_us)),
+        max: med(&|r| Some(r.max_us)),
         cpu: med(&|r| r.server_cpu_ns_per_msg),
         client_cpu: med(&|r| r.client_cpu_ns_per_msg),
         rss: med(&|r| r.server_rss_peak.map(|b| b as f64)),
@@ -375,8 +312,96 @@ fn opt_spread(v: Option<Spread>) -> String {
     }
 }
 
+/// What was chosen on the command line, checked before anything is built or started.
+struct Plan {
+    servers: Vec<ServerSpec>,
+    reference: usize,
+    scenarios: Vec<Scenario>,
+    rounds: usize,
+    duration: Duration,
+    warmup: Duration,
+    setups: Vec<SetupChoice>,
+}
+
+/// Checks the choices that clap cannot: the servers, the reference, `--only`.
+fn plan(opts: &Options) -> Result<Plan, String> {
+    let servers = if opts.servers.is_empty() {
+        BUILTINS.iter().map(|n| ServerSpec::builtin(n)).collect()
+    } else {
+        opts.servers.clone()
+    };
+    for (i, s) in servers.iter().enumerate() {
+        if servers[..i].iter().any(|t| t.name == s.name) {
+            return Err(format!("two servers are named {}", s.name));
+        }
+    }
+    let names = || {
+        servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let reference = match &opts.reference {
+        Some(r) => servers
+            .iter()
+            .position(|s| &s.name == r)
+            .ok_or_else(|| format!("--reference {r} is not compared (servers: {})", names()))?,
+        None => servers
+            .iter()
+            .position(|s| s.name == "epoll-ref")
+            .unwrap_or(0),
+    };
+    let idle = if opts.quick {
+        opts.idle_conns.min(2000)
+    } else {
+        opts.idle_conns
+    };
+    let mut scenarios = scenarios(idle);
+    if let Some(only) = &opts.only {
+        let all: Vec<String> = scenarios.iter().map(|s| s.label.clone()).collect();
+        scenarios.retain(|s| s.label.contains(only.as_str()));
+        if scenarios.is_empty() {
+            return Err(format!(
+                "--only {only:?} matches no scenario (scenarios: {})",
+                all.join(", ")
+            ));
+        }
+    }
+    let setups = match opts.setup {
+        Some(SetupChoice::Both) => vec![SetupChoice::Pinned, SetupChoice::Unpinned],
+        Some(one) => vec![one],
+        None if opts.quick => vec![SetupChoice::Pinned],
+        None => vec![SetupChoice::Pinned, SetupChoice::Unpinned],
+    };
+    Ok(Plan {
+        servers,
+        reference,
+        scenarios,
+        rounds: opts.rounds.unwrap_or(if opts.quick { 1 } else { 5 }),
+        duration: opts.duration.unwrap_or(if opts.quick {
+            Duration::from_millis(400)
+        } else {
+            Duration::from_secs(2)
+        }),
+        warmup: if opts.quick {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(300)
+        },
+        setups,
+    })
+}
+
 pub fn run(opts: &Options, pattern: &Pattern) -> ExitCode {
-    match compare(opts, pattern) {
+    let plan = match plan(opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("echo-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match compare(opts, &plan, pattern) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("echo-bench: some runs had errors or mismatches");
@@ -389,93 +414,157 @@ pub fn run(opts: &Options, pattern: &Pattern) -> ExitCode {
     }
 }
 
-fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
+/// `compare-20250101T120000Z`: the UTC time of the run, sortable and safe in a file name.
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// Creates `<dir>/<base>.jsonl` without touching an existing file: a second run within the same
+/// second gets `-2`, `-3`, ... Returns the file and the base path (without extension).
+fn create_results(dir: &Path, base: &str) -> io::Result<(File, PathBuf)> {
+    for n in 1..1000 {
+        let name = if n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{n}")
+        };
+        let stem = dir.join(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(stem.with_extension("jsonl"))
+        {
+            Ok(f) => return Ok((f, stem)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create {}: {e}",
+                        stem.with_extension("jsonl").display()
+                    ),
+                ))
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "{}: a thousand results files of the same second",
+        dir.join(base).display()
+    )))
+}
+
+/// Creates a file that must not exist yet.
+fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))
+}
+
+fn compare(opts: &Options, plan: &Plan, pattern: &Pattern) -> io::Result<bool> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| io::Error::other("no workspace root"))?;
-    if !opts.no_build {
+    let needs_builtins = plan.servers.iter().any(|s| s.launch == Launch::Builtin);
+    if needs_builtins && !opts.no_build {
         build(root)?;
     }
     let bin = release_dir()?;
-    let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 5 }).max(1);
-    let duration = Duration::from_secs_f64(
-        opts.duration
-            .unwrap_or(if opts.quick { 0.4 } else { 2.0 })
-            .clamp(0.1, 600.0),
-    );
-    let warmup = if opts.quick {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_millis(300)
-    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all: Vec<usize> = (0..cpus).collect();
-    let pinned = Setup {
-        name: "pinned",
-        workers: 1,
-        server_cpus: vec![0],
-        client_cpus: vec![cpus.saturating_sub(1)],
-    };
-    let unpinned = Setup {
-        name: "unpinned",
-        workers: 2,
-        server_cpus: all.clone(),
-        client_cpus: all,
-    };
-    let setups = match (opts.setup.as_str(), opts.quick) {
-        ("pinned", _) | (_, true) => vec![pinned],
-        ("unpinned", _) => vec![unpinned],
-        _ => vec![pinned, unpinned],
-    };
-    let out_path = if opts.out.is_relative() {
-        root.join(&opts.out)
-    } else {
-        opts.out.clone()
-    };
-    if let Some(dir) = out_path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut out = File::create(&out_path)?;
-    let idle = if opts.quick {
-        opts.idle_conns.min(2000)
-    } else {
-        opts.idle_conns
-    };
-    let mut scenarios = scenarios(idle);
-    if let Some(only) = &opts.only {
-        scenarios.retain(|s| s.label.contains(only.as_str()));
-    }
+    let setups: Vec<Setup> = plan
+        .setups
+        .iter()
+        .map(|choice| match choice {
+            SetupChoice::Unpinned => Setup {
+                name: "unpinned",
+                workers: 2,
+                server_cpus: all.clone(),
+                client_cpus: all.clone(),
+            },
+            _ => Setup {
+                name: "pinned",
+                workers: 1,
+                server_cpus: vec![0],
+                client_cpus: vec![cpus.saturating_sub(1)],
+            },
+        })
+        .collect();
+    let dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target").join("echo-bench"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    let started = SystemTime::now();
+    let (file, stem) = create_results(&dir, &format!("compare-{}", stamp(started)))?;
+    let jsonl_path = stem.with_extension("jsonl");
+    let md_path = stem.with_extension("md");
+    let svg_path = stem.with_extension("svg");
+    let mut md = BufWriter::new(create_new(&md_path)?);
+    let mut out = BufWriter::new(file);
+    let ref_name = plan.servers[plan.reference].name.as_str();
+    // As typed, quoted so it can be pasted back into a shell.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!(
+        "echo-bench {}",
+        shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
+    );
+    writeln!(
+        out,
+        "{}",
+        json!({
+            "kind": "meta", "started": humantime::format_rfc3339_seconds(started).to_string(),
+            "command": command, "reference": ref_name, "rounds": plan.rounds,
+            "duration_secs": plan.duration.as_secs_f64(), "warmup_secs": plan.warmup.as_secs_f64(),
+            "cpus": cpus,
+            "servers": plan.servers.iter().map(|s| json!({
+                "name": s.name,
+                "command": match &s.launch { Launch::Builtin => Value::Null, Launch::Command(w) => json!(w) },
+            })).collect::<Vec<_>>(),
+        })
+    )?;
+    writeln!(
+        md,
+        "`{command}`, started {}, {cpus} cpus",
+        humantime::format_rfc3339_seconds(started)
+    )?;
+    let n = plan.servers.len();
     let mut all_clean = true;
     for setup in &setups {
         let load_before = loadavg();
         sys::set_affinity(0, &setup.client_cpus)?;
-        let mut table: Vec<(String, Server, Row)> = Vec::new();
-        for sc in &scenarios {
+        let mut table: Vec<(String, usize, Row)> = Vec::new();
+        for sc in &plan.scenarios {
             let mut results: Vec<Run> = Vec::new();
-            for round in 0..rounds {
-                for k in 0..Server::ALL.len() {
-                    let server = Server::ALL[(k + round) % Server::ALL.len()];
-                    let res = match run_one(sc, server, &bin, setup, duration, warmup, pattern) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            eprintln!(
-                                "echo-bench: {} {} {}: {e}",
-                                setup.name,
-                                sc.label,
-                                server.name()
-                            );
-                            RunResult {
-                                scenario: sc.label.clone(),
-                                errors: 1,
-                                ..RunResult::default()
+            for round in 0..plan.rounds {
+                for k in 0..n {
+                    let server = (k + round) % n;
+                    let spec = &plan.servers[server];
+                    let res =
+                        match run_one(sc, spec, &bin, setup, plan.duration, plan.warmup, pattern) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                eprintln!(
+                                    "echo-bench: {} {} {}: {e}",
+                                    setup.name, sc.label, spec.name
+                                );
+                                RunResult {
+                                    scenario: sc.label.clone(),
+                                    errors: 1,
+                                    first_error: Some(e.to_string()),
+                                    ..RunResult::default()
+                                }
                             }
-                        }
-                    };
+                        };
                     all_clean &= res.clean();
                     let extra: [(&str, Value); 5] = [
                         ("kind", "run".into()),
                         ("setup", setup.name.into()),
-                        ("server", server.name().into()),
+                        ("server", spec.name.clone().into()),
                         ("round", round.into()),
                         ("workers", setup.workers.into()),
                     ];
@@ -483,15 +572,17 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                     results.push((round, server, res));
                 }
             }
-            for server in Server::ALL {
-                let row = summarize(server, &results);
+            for (server, spec) in plan.servers.iter().enumerate() {
+                let row = summarize(server, plan.reference, &results);
                 writeln!(
                     out,
                     "{}",
                     json!({
-                        "kind": "median", "setup": setup.name, "server": server.name(), "scenario": sc.label,
-                        "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": rounds,
-                        "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50, "p99_us": row.p99,
+                        "kind": "median", "setup": setup.name, "server": spec.name, "scenario": sc.label,
+                        "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": plan.rounds,
+                        "reference": ref_name,
+                        "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50,
+                        "p90_us": row.p90, "p99_us": row.p99, "p999_us": row.p999, "max_us": row.max,
                         "server_cpu_ns_per_msg": row.cpu, "client_cpu_ns_per_msg": row.client_cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
                         "x_ref": row.x_ref.map(|s| s.median), "x_ref_min": row.x_ref.map(|s| s.min),
                         "x_ref_max": row.x_ref.map(|s| s.max), "cpu_x": row.cpu_x.map(|s| s.median),
@@ -502,14 +593,29 @@ fn compare(opts: &Options, pattern: &Pattern) -> io::Result<bool> {
                 table.push((sc.label.clone(), server, row));
             }
         }
-        println!();
-        println!(
-            "load average (1, 5, 15 min) before: {load_before}, after: {}",
-            loadavg()
+        let text = format!(
+            "load average (1, 5, 15 min) before: {load_before}, after: {}\n\n{}",
+            loadavg(),
+            format_table(setup, plan, &table)
         );
-        print_table(setup, rounds, &table);
+        println!("\n{text}");
+        writeln!(md, "\n{text}")?;
     }
-    eprintln!("echo-bench: runs written to {}", out_path.display());
+    out.flush()?;
+    md.flush()?;
+    drop((out, md));
+    let plotted = match crate::plot::plot_file(&jsonl_path, &svg_path) {
+        Ok(()) => format!(", plot in {}", svg_path.display()),
+        Err(e) => {
+            eprintln!("echo-bench: no plot: {e}");
+            String::new()
+        }
+    };
+    eprintln!(
+        "echo-bench: runs in {}, tables in {}{plotted}",
+        jsonl_path.display(),
+        md_path.display()
+    );
     Ok(all_clean)
 }
 
@@ -520,22 +626,35 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
-    println!();
-    println!(
-        "set-up {}: server on cpus {:?} with {} worker(s), client on cpus {:?}; medians of {} round(s)",
-        setup.name, setup.server_cpus, setup.workers, setup.client_cpus, rounds
+/// One set-up's table in markdown, with the line that says how it ran.
+fn format_table(setup: &Setup, plan: &Plan, table: &[(String, usize, Row)]) -> String {
+    let mut s = format!(
+        "set-up {}: server on cpus {:?} with {} worker(s), client on cpus {:?}; medians of {} \
+         round(s); x ref and cpu x against {}\n\n",
+        setup.name,
+        setup.server_cpus,
+        setup.workers,
+        setup.client_cpus,
+        plan.rounds,
+        plan.servers[plan.reference].name
     );
-    println!(
-        "| {:<14} | {:<10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
+    let width = plan
+        .servers
+        .iter()
+        .map(|sv| sv.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    s.push_str(&format!(
+        "| {:<14} | {:<width$} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |\n",
         "scenario", "server", "msgs/s", "MB/s", "p50 us", "p99 us", "p99/mean", "cpu ns", "client ns", "RSS MiB", "B/conn", "x ref", "cpu x", "err"
-    );
-    println!("|{}", "---|".repeat(14));
+    ));
+    s.push_str(&format!("|{}\n", "---|".repeat(14)));
     for (label, server, row) in table {
-        println!(
-            "| {:<14} | {:<10} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |",
+        s.push_str(&format!(
+            "| {:<14} | {:<width$} | {:>10.0} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8} | {:>7} | {:>9} | {:>8} | {:>7} | {:>17} | {:>17} | {:>4} |\n",
             label,
-            server.name(),
+            plan.servers[*server].name,
             row.msgs_per_s,
             row.mb_per_s,
             row.p50,
@@ -548,13 +667,28 @@ fn print_table(setup: &Setup, rounds: usize, table: &[(String, Server, Row)]) {
             opt_spread(row.x_ref),
             opt_spread(row.cpu_x),
             row.errors
-        );
+        ));
     }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    fn options(args: &[&str]) -> Options {
+        match Cli::try_parse_from(std::iter::once("compare").chain(args.iter().copied())) {
+            Ok(cli) => cli.opts,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
 
     fn run(msgs: u64, cpu: f64) -> RunResult {
         RunResult {
@@ -569,15 +703,16 @@ mod tests {
     fn ratios_pair_each_run_with_the_reference_run_of_the_same_round() {
         // The machine slows down in round 1: paired ratios stay at 1.1 and 0.9 throughout, while
         // a ratio of the medians across rounds would mix fast and slow rounds.
+        let (ours, reference) = (0, 2);
         let results: Vec<Run> = vec![
-            (0, Server::Reference, run(1000, 100.0)),
-            (0, Server::Ours, run(1100, 90.0)),
-            (1, Server::Ours, run(550, 180.0)),
-            (1, Server::Reference, run(500, 200.0)),
-            (2, Server::Reference, run(2000, 50.0)),
-            (2, Server::Ours, run(2200, 45.0)),
+            (0, reference, run(1000, 100.0)),
+            (0, ours, run(1100, 90.0)),
+            (1, ours, run(550, 180.0)),
+            (1, reference, run(500, 200.0)),
+            (2, reference, run(2000, 50.0)),
+            (2, ours, run(2200, 45.0)),
         ];
-        let row = summarize(Server::Ours, &results);
+        let row = summarize(ours, reference, &results);
         let x = row.x_ref.expect("paired throughput");
         let c = row.cpu_x.expect("paired cpu");
         for v in [x.median, x.min, x.max] {
@@ -587,5 +722,97 @@ mod tests {
             assert!((v - 0.9).abs() < 1e-9, "cpu ratio {v}");
         }
         assert_eq!(row.msgs_per_s, 1100.0);
+    }
+
+    #[test]
+    fn the_builtins_are_the_default_and_epoll_ref_the_reference() {
+        let p = plan(&options(&[])).expect("defaults plan");
+        let names: Vec<&str> = p.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, BUILTINS);
+        assert_eq!(p.servers[p.reference].name, "epoll-ref");
+        assert_eq!(p.setups, [SetupChoice::Pinned, SetupChoice::Unpinned]);
+        assert_eq!((p.rounds, p.scenarios.len()), (5, 10));
+    }
+
+    #[test]
+    fn given_servers_replace_the_builtins_and_the_first_is_the_reference() {
+        let p = plan(&options(&[
+            "--server",
+            "a=srv --port {port}",
+            "--server",
+            "b=srv --port {port} --fast",
+            "--quick",
+        ]))
+        .expect("plan");
+        let names: Vec<&str> = p.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(p.reference, 0);
+        assert_eq!(p.setups, [SetupChoice::Pinned]);
+        let p = plan(&options(&[
+            "--server",
+            "a=x {port}",
+            "--server",
+            "epoll-ref",
+        ]))
+        .expect("plan");
+        assert_eq!(
+            p.reference, 1,
+            "epoll-ref is the reference whenever it is compared"
+        );
+        let p = plan(&options(&[
+            "--server",
+            "a=x {port}",
+            "--server",
+            "b=x {port}",
+            "--reference",
+            "b",
+        ]))
+        .expect("plan");
+        assert_eq!(p.reference, 1);
+    }
+
+    #[test]
+    fn choices_that_name_nothing_are_usage_errors() {
+        let err = plan(&options(&["--only", "NOSUCH"]))
+            .err()
+            .expect("no scenario");
+        assert!(err.contains("NOSUCH") && err.contains("64B c1 d1"), "{err}");
+        let err = plan(&options(&["--reference", "nginx"]))
+            .err()
+            .expect("unknown reference");
+        assert!(err.contains("epoll-echo, tokio-echo, epoll-ref"), "{err}");
+        let err = plan(&options(&[
+            "--server",
+            "a=x {port}",
+            "--server",
+            "a=y {port}",
+        ]))
+        .err()
+        .expect("duplicate name");
+        assert!(err.contains("two servers are named a"), "{err}");
+        let p = plan(&options(&["--only", "16KiB"])).expect("one scenario");
+        assert_eq!(p.scenarios.len(), 1);
+        let p = plan(&options(&["--quick", "--setup", "unpinned"])).expect("plan");
+        assert_eq!(
+            p.setups,
+            [SetupChoice::Unpinned],
+            "an explicit set-up wins over --quick"
+        );
+    }
+
+    #[test]
+    fn results_files_are_never_reused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (_, first) = create_results(dir.path(), "compare-x").expect("first");
+        std::fs::write(first.with_extension("jsonl"), "old\n").expect("write");
+        let (_, second) = create_results(dir.path(), "compare-x").expect("second");
+        assert_ne!(first, second);
+        assert!(second.to_string_lossy().ends_with("compare-x-2"));
+        let old = std::fs::read_to_string(first.with_extension("jsonl")).expect("read");
+        assert_eq!(old, "old\n");
+        assert_eq!(
+            stamp(SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 + 3_661)),
+            "19700102T010101Z"
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! The load scenarios: closed-loop ping-pong with a pipeline depth, open-loop streaming at a target
 //! rate, connect churn, and idle-hold. Each runs on one thread over one epoll instance, checks every
-//! echoed byte, and stops by itself at its deadline.
+//! echoed byte, and stops by itself at its deadline. Every failure it reports names the address.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ const OPEN_LOOP_MAX_OUTSTANDING: usize = 4096;
 /// What to run and against whom.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub conns: usize,
     /// Messages in flight per connection (closed loop).
     pub depth: usize,
@@ -31,14 +31,20 @@ pub struct Spec {
     pub warmup: Duration,
     /// Open loop: total messages per second across all connections.
     pub rate: Option<f64>,
-    /// Source addresses 127.0.0.1 ..= 127.0.0.N.
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N, for an IPv4 loopback target.
     pub sources: u8,
     pub server_pid: Option<u32>,
+    /// Keep one-second interval histograms (for an HDR log).
+    pub intervals: bool,
 }
 
-fn source(i: usize, sources: u8) -> Option<Ipv4Addr> {
+/// The source address of connection `i`: spread over 127.0.0.1 ..= 127.0.0.N when the target is
+/// IPv4 loopback (each source has its own ephemeral port range); the system's choice otherwise,
+/// since no other destination is reachable from those addresses.
+fn source(i: usize, sources: u8, dst: SocketAddr) -> Option<IpAddr> {
     let n = sources.max(1) as usize;
-    (n > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8))
+    let loopback_v4 = matches!(dst, SocketAddr::V4(a) if a.ip().is_loopback());
+    (n > 1 && loopback_v4).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8)))
 }
 
 fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
@@ -47,12 +53,15 @@ fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("connected only {i} of {}", spec.conns),
+                format!(
+                    "connected only {i} of {} to {} in {SETUP_LIMIT:?}",
+                    spec.conns, spec.addr
+                ),
             ));
         }
         out.push(sys::connect(
             spec.addr,
-            source(i, spec.sources),
+            source(i, spec.sources, spec.addr),
             CONNECT_TIMEOUT,
         )?);
     }
@@ -75,6 +84,7 @@ struct Conn {
 
 struct Engine<'a> {
     pattern: &'a Pattern,
+    addr: SocketAddr,
     conns: Vec<Conn>,
     size: u64,
     buf: Vec<u8>,
@@ -87,10 +97,10 @@ impl Engine<'_> {
         t.duration_since(self.start).as_nanos() as u64
     }
 
-    fn kill(conn: &mut Conn, meter: &mut Meter) {
+    fn kill(conn: &mut Conn, meter: &mut Meter, why: impl FnOnce() -> String) {
         if conn.alive {
             conn.alive = false;
-            meter.errors += 1;
+            meter.error(why);
         }
     }
 
@@ -111,14 +121,20 @@ impl Engine<'_> {
             }
             match conn.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    Self::kill(conn, meter);
+                    let addr = self.addr;
+                    Self::kill(conn, meter, || {
+                        format!("{addr} closed a connection with echoes outstanding")
+                    });
                     return done;
                 }
                 Ok(n) => {
                     if conn.rx + n as u64 > conn.tx
                         || !self.pattern.matches(conn.base + conn.rx, &self.buf[..n])
                     {
-                        meter.mismatches += 1;
+                        let (addr, at) = (self.addr, conn.rx);
+                        meter.mismatch(|| {
+                            format!("{addr} echoed wrong bytes at offset {at} of a connection")
+                        });
                         conn.alive = false;
                         return done;
                     }
@@ -146,8 +162,9 @@ impl Engine<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return done,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    Self::kill(conn, meter);
+                Err(e) => {
+                    let addr = self.addr;
+                    Self::kill(conn, meter, || format!("read from {addr}: {e}"));
                     return done;
                 }
             }
@@ -166,7 +183,10 @@ impl Engine<'_> {
                 Ok(n) => conn.tx += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => Self::kill(conn, meter),
+                Err(e) => {
+                    let addr = self.addr;
+                    Self::kill(conn, meter, || format!("write to {addr}: {e}"));
+                }
             }
         }
     }
@@ -174,7 +194,7 @@ impl Engine<'_> {
 
 /// Closed-loop ping-pong (`rate` unset) or open-loop streaming (`rate` set).
 pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
-    let mut meter = Meter::new(label, spec.server_pid);
+    let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
     let streams = connect_all(spec, Instant::now() + SETUP_LIMIT)?;
     let epoll = Epoll::new()?;
     let cap = if spec.rate.is_some() {
@@ -199,6 +219,7 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     let size = spec.size.max(1) as u64;
     let mut eng = Engine {
         pattern,
+        addr: spec.addr,
         conns,
         size,
         buf: vec![0; MAX_SLICE],
@@ -276,7 +297,7 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
 
 /// Connect churn: connect, echo one message, close; repeated until the deadline.
 pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
-    let mut meter = Meter::new(label, spec.server_pid);
+    let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
     let start = Instant::now();
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
@@ -295,7 +316,8 @@ pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunR
         }
         meter.tick(now);
         let base = Pattern::base(i);
-        match churn_once(spec, pattern, base, source(i, spec.sources), &mut buf) {
+        let src = source(i, spec.sources, spec.addr);
+        match churn_once(spec, pattern, base, src, &mut buf) {
             Ok(true) => {
                 if measuring {
                     meter.record(now.elapsed().as_nanos() as u64);
@@ -303,8 +325,8 @@ pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunR
                     meter.bytes += size as u64;
                 }
             }
-            Ok(false) => meter.mismatches += 1,
-            Err(_) => meter.errors += 1,
+            Ok(false) => meter.mismatch(|| format!("{} echoed wrong bytes", spec.addr)),
+            Err(e) => meter.error(|| e.to_string()),
         }
         i += 1;
     }
@@ -315,27 +337,31 @@ pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunR
     Ok(res)
 }
 
-/// One connection's life; `Ok(false)` when the echo was wrong.
+/// One connection's life; `Ok(false)` when the echo was wrong. Errors name the address.
 fn churn_once(
     spec: &Spec,
     pattern: &Pattern,
     base: u64,
-    src: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
     buf: &mut [u8],
 ) -> io::Result<bool> {
     let mut stream = sys::connect(spec.addr, src, CONNECT_TIMEOUT)?;
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    stream.write_all(pattern.slice(base, buf.len()))?;
-    stream.read_exact(buf)?;
+    let echo = |stream: &mut TcpStream, buf: &mut [u8]| -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+        stream.write_all(pattern.slice(base, buf.len()))?;
+        stream.read_exact(buf)
+    };
+    echo(&mut stream, buf)
+        .map_err(|e| io::Error::new(e.kind(), format!("echo from {}: {e}", spec.addr)))?;
     Ok(pattern.matches(base, buf))
 }
 
 /// Idle-hold: open `conns` connections, echo one message on each so the server has surely accepted
 /// them, then hold them and read the server's memory per connection.
 pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
-    let mut meter = Meter::new(label, spec.server_pid);
+    let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
     let rss_before = spec.server_pid.and_then(crate::procstat::rss_bytes);
     let started = Instant::now();
     meter.begin(started);
@@ -349,7 +375,7 @@ pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
         epoll.add(s.as_raw_fd(), i as u64, CONN_EVENTS)?;
         // A fresh socket's send buffer takes one small message whole.
         if s.write(pattern.slice(Pattern::base(i), size)).ok() != Some(size) {
-            meter.errors += 1;
+            meter.error(|| format!("write to {}: the first message did not fit", spec.addr));
             done[i] = true;
         }
     }
@@ -368,13 +394,13 @@ pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
             loop {
                 match streams[i].read(&mut buf[got[i]..]) {
                     Ok(0) => {
-                        meter.errors += 1;
+                        meter.error(|| format!("{} closed an idle connection", spec.addr));
                         done[i] = true;
                     }
                     Ok(k) => {
                         let off = Pattern::base(i) + got[i] as u64;
                         if !pattern.matches(off, &buf[got[i]..got[i] + k]) {
-                            meter.mismatches += 1;
+                            meter.mismatch(|| format!("{} echoed wrong bytes", spec.addr));
                             done[i] = true;
                         } else {
                             got[i] += k;
@@ -388,8 +414,8 @@ pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        meter.errors += 1;
+                    Err(e) => {
+                        meter.error(|| format!("read from {}: {e}", spec.addr));
                         done[i] = true;
                     }
                 }
@@ -400,9 +426,11 @@ pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
             }
         }
     }
-    meter.errors += left as u64;
-    // Hold them a moment so the server settles, then read its memory.
-    std::thread::sleep(spec.duration.min(Duration::from_millis(300)));
+    for _ in 0..left {
+        meter.error(|| format!("{} did not echo within {SETUP_LIMIT:?}", spec.addr));
+    }
+    // Hold them while the server settles, then read its memory.
+    std::thread::sleep(spec.duration);
     let rss_after = spec.server_pid.and_then(crate::procstat::rss_bytes);
     let mut res = meter.finish(Instant::now());
     res.conns = spec.conns;
@@ -421,12 +449,9 @@ mod tests {
     use std::net::TcpListener;
 
     /// A blocking echo server for `conns` connections; with `corrupt`, it flips the first byte.
-    fn server(conns: usize, corrupt: bool) -> SocketAddrV4 {
+    fn server(conns: usize, corrupt: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test listener");
-        let addr = match listener.local_addr().expect("local address") {
-            std::net::SocketAddr::V4(a) => a,
-            other => panic!("not IPv4: {other}"),
-        };
+        let addr = listener.local_addr().expect("local address");
         std::thread::spawn(move || {
             for _ in 0..conns {
                 let Ok((mut s, _)) = listener.accept() else {
@@ -453,7 +478,7 @@ mod tests {
         addr
     }
 
-    fn spec(addr: SocketAddrV4, conns: usize, duration: Duration) -> Spec {
+    fn spec(addr: SocketAddr, conns: usize, duration: Duration) -> Spec {
         Spec {
             addr,
             conns,
@@ -464,6 +489,7 @@ mod tests {
             rate: None,
             sources: 1,
             server_pid: None,
+            intervals: false,
         }
     }
 
@@ -486,6 +512,41 @@ mod tests {
         let r = run_load(&spec(server(3, true), 3, Duration::from_secs(20)), &p, "t")
             .expect("load run");
         assert_eq!(r.mismatches, 3);
+        let why = r.first_error.expect("the first mismatch is described");
+        assert!(
+            why.contains("127.0.0.1:") && why.contains("wrong bytes"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_address() {
+        // Bind then drop: nothing listens on that port any more.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let p = Pattern::new(1);
+        let err = run_load(&spec(addr, 1, Duration::from_millis(100)), &p, "t")
+            .expect_err("nothing listens");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        let churn = run_churn(&spec(addr, 1, Duration::from_millis(50)), &p, "t").expect("churn");
+        assert!(churn.errors > 0);
+        let why = churn.first_error.expect("the failure is described");
+        assert!(why.contains(&format!("connect to {addr}")), "{why}");
+    }
+
+    #[test]
+    fn sources_spread_only_over_ipv4_loopback() {
+        let v4: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+        let v6: SocketAddr = "[::1]:9".parse().expect("literal");
+        let remote: SocketAddr = "192.0.2.1:9".parse().expect("literal");
+        assert_eq!(
+            source(5, 4, v4),
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        );
+        assert_eq!(source(5, 1, v4), None);
+        assert_eq!(source(5, 4, v6), None);
+        assert_eq!(source(5, 4, remote), None);
     }
 
     #[test]

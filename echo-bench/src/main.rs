@@ -1,29 +1,51 @@
 //! echo-bench: a load generator for TCP echo servers. It checks every echoed byte against what was
-//! sent, and reports throughput, latency percentiles, errors and, given the server's PID, the
-//! server's CPU time per message and resident memory: one JSON line per run on stdout.
+//! sent and reports throughput, latency percentiles, errors and, given the server's PID, the
+//! server's CPU time per message and resident memory.
 //!
-//! `echo-bench compare` builds and starts this workspace's server, a tokio echo server and a minimal
-//! epoll echo server, runs every scenario against each in interleaved rounds and prints one table.
+//! This file is the command line: one subcommand per scenario (`ping`, `stream`, `churn`, `idle`),
+//! each offering only the flags that mean something for it, plus `compare` (several servers in
+//! interleaved rounds) and `plot` (SVG from compare's results). Output: an aligned summary by
+//! default, `--json` for one machine line, `--export-json`, `--latency`, `--hdr-log`.
 
+mod args;
 mod compare;
+mod duration;
 mod load;
 mod pattern;
+mod plot;
 mod procstat;
+mod report;
+mod servers;
 mod stats;
 mod sys;
+mod target;
 
-use std::net::SocketAddrV4;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use pattern::Pattern;
+use args::{count, one_line, positive_duration, positive_rate};
+use duration::parse_duration;
+use pattern::{Pattern, MAX_SLICE};
+use report::RunInfo;
+use target::{parse_target, Target};
+
+/// Shown under every command's `--help`.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  every echoed byte matched and no connection failed
+  1  a mismatch, a connection error, no message echoed, or a file that could not be written
+  2  bad usage: an unknown flag or a value out of range";
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Load generator for TCP echo servers; every echoed byte is checked"
+    about = "Load generator for TCP echo servers; every echoed byte is checked",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,98 +54,442 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Closed loop: each connection keeps `depth` messages in flight.
-    Ping(Common),
-    /// Open loop: messages sent at a fixed total rate, latency counted from the scheduled time.
-    Stream {
-        #[command(flatten)]
-        common: Common,
-        /// Messages per second across all connections.
-        #[arg(long, default_value_t = 100_000.0)]
-        rate: f64,
-    },
-    /// Connect, echo one message, close; again and again.
-    Churn(Common),
+    /// Closed loop: each connection keeps DEPTH messages in flight.
+    ///
+    /// Each connection sends its own stretch of a random byte stream and sends one more message
+    /// for every message echoed; every echoed byte is compared with what was sent.
+    #[command(after_help = EXIT_STATUS)]
+    Ping(PingArgs),
+    /// Open loop: messages at a fixed rate, latency from their scheduled send time.
+    ///
+    /// Messages are due on a fixed schedule spread over the connections in turn, whatever the
+    /// server does; latency counts from each message's scheduled send time, so a slow server
+    /// cannot hide its queueing delay (no coordinated omission).
+    #[command(after_help = EXIT_STATUS)]
+    Stream(StreamArgs),
+    /// Connect, echo one message, close; one connection after another.
+    #[command(after_help = EXIT_STATUS)]
+    Churn(ChurnArgs),
     /// Hold many connections open and report the server's memory per connection.
-    Idle(Common),
-    /// Build and start three servers and compare them in interleaved rounds.
+    #[command(after_help = EXIT_STATUS)]
+    Idle(IdleArgs),
+    /// Start several servers and compare them in interleaved rounds.
+    #[command(after_help = compare::AFTER_HELP)]
     Compare(compare::Options),
+    /// Draw the SVG plot of a `compare` results file.
+    #[command(after_help = EXIT_STATUS)]
+    Plot(plot::Options),
 }
 
-#[derive(Args, Clone)]
-struct Common {
-    /// Server address (IPv4).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddrV4,
-    #[arg(long, default_value_t = 50)]
+/// Where to connect, and from where.
+#[derive(Args)]
+struct TargetArgs {
+    /// Server as HOST:PORT: localhost:8080, 127.0.0.1:8080 or [::1]:8080.
+    ///
+    /// A name is resolved once; when it has several addresses, the first that accepts a
+    /// connection is used.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080", value_parser = parse_target)]
+    addr: Target,
+    /// Connect from 127.0.0.1 ..= 127.0.0.N (IPv4 loopback targets only).
+    ///
+    /// Each source address has its own range of ephemeral ports, which many connections or a long
+    /// churn need. Other targets are reached from the address the system chooses.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    sources: u8,
+}
+
+/// The measured phase and the warm-up before it.
+#[derive(Args)]
+struct Phase {
+    /// Time measured: 500ms, 5s, 1m, 1h30m, or seconds (2, 0.5).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = positive_duration)]
+    duration: Duration,
+    /// Load before measuring, not counted (0: none).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    warmup: Duration,
+}
+
+/// What to report and where.
+#[derive(Args)]
+struct Output {
+    /// The server's PID: report its CPU time per message and its memory.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    server_pid: Option<u32>,
+    /// Print one JSON line instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Also print the latency distribution (into the JSON line with --json).
+    #[arg(long)]
+    latency: bool,
+    /// Write the run and its latency distribution as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<PathBuf>,
+    /// Write an HDR histogram interval log (1 s intervals, in ns) to FILE.
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PingArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Connections.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = count(1, 1_000_000))]
     conns: usize,
-    /// Messages in flight per connection (ping).
-    #[arg(long, default_value_t = 1)]
+    /// Messages in flight per connection.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = count(1, 65_536))]
     depth: usize,
     /// Message size in bytes.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = count(1, 1 << 24))]
     size: usize,
-    /// Measured seconds.
-    #[arg(long, default_value_t = 3.0)]
-    duration: f64,
-    /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 0.5)]
-    warmup: f64,
-    /// Connect from 127.0.0.1 ..= 127.0.0.N.
-    #[arg(long, default_value_t = 4)]
-    sources: u8,
-    /// The server's PID, to report its CPU time per message and its memory.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    #[command(flatten)]
+    phase: Phase,
+    #[command(flatten)]
+    output: Output,
 }
 
-impl Common {
-    fn spec(&self, rate: Option<f64>) -> load::Spec {
-        let secs = |s: f64| Duration::from_secs_f64(s.clamp(0.0, 3600.0));
-        load::Spec {
-            addr: self.addr,
-            conns: self.conns.max(1),
-            depth: self.depth.max(1),
-            size: self.size.max(1),
-            duration: secs(self.duration),
-            warmup: secs(self.warmup),
-            rate,
-            sources: self.sources,
-            server_pid: self.server_pid,
+#[derive(Args)]
+struct StreamArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Messages per second, in total over all connections.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 100_000.0, value_parser = positive_rate)]
+    rate: f64,
+    /// Connections the messages are spread over.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = count(1, 1_000_000))]
+    conns: usize,
+    /// Message size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = count(1, 1 << 24))]
+    size: usize,
+    #[command(flatten)]
+    phase: Phase,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Size in bytes of the one message each connection echoes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = count(1, MAX_SLICE as u64))]
+    size: usize,
+    #[command(flatten)]
+    phase: Phase,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Connections to open and hold.
+    ///
+    /// Each echoes one 16 B message first, so the server has surely accepted it.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = count(1, 1_000_000))]
+    conns: usize,
+    /// How long to hold them before reading the server's memory.
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Size of the message each idle connection echoes.
+const IDLE_MESSAGE: usize = 16;
+
+/// One scenario run as asked on the command line.
+struct Job<'a> {
+    kind: &'static str,
+    target: &'a TargetArgs,
+    output: &'a Output,
+    conns: usize,
+    depth: usize,
+    size: usize,
+    rate: Option<f64>,
+    duration: Duration,
+    warmup: Duration,
+}
+
+/// Creates an output file before the run, so a bad path fails before the load rather than after.
+fn create(path: &Path) -> Result<BufWriter<File>, String> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+fn run_job(job: &Job, pattern: &Pattern) -> Result<bool, String> {
+    let out = job.output;
+    let mut export = out.export_json.as_deref().map(create).transpose()?;
+    let mut hdr = out.hdr_log.as_deref().map(create).transpose()?;
+    let addr = job
+        .target
+        .addr
+        .pick(Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    let spec = load::Spec {
+        addr,
+        conns: job.conns,
+        depth: job.depth,
+        size: job.size,
+        duration: job.duration,
+        warmup: job.warmup,
+        rate: job.rate,
+        sources: job.target.sources,
+        server_pid: out.server_pid,
+        intervals: out.hdr_log.is_some(),
+    };
+    let result = match job.kind {
+        "ping" | "stream" => load::run_load(&spec, pattern, job.kind),
+        "churn" => load::run_churn(&spec, pattern, job.kind),
+        _ => load::run_idle(&spec, pattern, job.kind),
+    }
+    .map_err(|e| e.to_string())?;
+    let info = RunInfo {
+        kind: job.kind,
+        target: job.target.addr.text.clone(),
+        addr,
+        conns: if job.kind == "churn" { 1 } else { job.conns },
+        depth: job.depth,
+        size: job.size,
+        rate: job.rate,
+        duration: job.duration,
+        warmup: job.warmup,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let printed = if out.json {
+        writeln!(stdout, "{}", report::run_json(&info, &result, out.latency))
+    } else {
+        let mut text = report::summary(&info, &result);
+        if let (true, Some(h)) = (out.latency, &result.hist) {
+            text.push('\n');
+            text.push_str(&report::distribution_table(h));
+        }
+        write!(stdout, "{text}")
+    };
+    // A closed stdout (a pipe into `head`) is not the run's failure.
+    let _ = printed.and_then(|()| stdout.flush());
+    let written = |path: &Option<PathBuf>, res: std::io::Result<()>| {
+        res.map_err(|e| {
+            let p = path.as_deref().unwrap_or(Path::new("-"));
+            format!("cannot write {}: {e}", p.display())
+        })
+    };
+    if let Some(w) = &mut export {
+        written(
+            &out.export_json,
+            report::export_json(w, &info, &result).and_then(|()| w.flush()),
+        )?;
+    }
+    if let Some(w) = &mut hdr {
+        written(
+            &out.hdr_log,
+            report::write_hdr_log(w, &info, &result).and_then(|()| w.flush()),
+        )?;
+    }
+    if !result.clean() {
+        eprintln!(
+            "echo-bench: {} mismatches, {} connection errors; first: {}",
+            result.mismatches,
+            result.errors,
+            result.first_error.as_deref().unwrap_or("-")
+        );
+        return Ok(false);
+    }
+    if result.msgs == 0 {
+        eprintln!("echo-bench: {addr} echoed no message while measuring");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("echo-bench: {}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    sys::raise_nofile();
+    let pattern = Pattern::new(0x5eed);
+    let job = match &cli.command {
+        Command::Compare(opts) => return compare::run(opts, &pattern),
+        Command::Plot(opts) => return plot::run(opts),
+        Command::Ping(a) => Job {
+            kind: "ping",
+            target: &a.target,
+            output: &a.output,
+            conns: a.conns,
+            depth: a.depth,
+            size: a.size,
+            rate: None,
+            duration: a.phase.duration,
+            warmup: a.phase.warmup,
+        },
+        Command::Stream(a) => Job {
+            kind: "stream",
+            target: &a.target,
+            output: &a.output,
+            conns: a.conns,
+            depth: 1,
+            size: a.size,
+            rate: Some(a.rate),
+            duration: a.phase.duration,
+            warmup: a.phase.warmup,
+        },
+        Command::Churn(a) => Job {
+            kind: "churn",
+            target: &a.target,
+            output: &a.output,
+            conns: 1,
+            depth: 1,
+            size: a.size,
+            rate: None,
+            duration: a.phase.duration,
+            warmup: a.phase.warmup,
+        },
+        Command::Idle(a) => Job {
+            kind: "idle",
+            target: &a.target,
+            output: &a.output,
+            conns: a.conns,
+            depth: 1,
+            size: IDLE_MESSAGE,
+            rate: None,
+            duration: a.duration,
+            warmup: Duration::ZERO,
+        },
+    };
+    match run_job(&job, &pattern) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("echo-bench: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    sys::raise_nofile();
-    let pattern = Pattern::new(0x5eed);
-    let (kind, result) = match cli.command {
-        Command::Compare(opts) => return compare::run(&opts, &pattern),
-        Command::Ping(c) => ("ping", load::run_load(&c.spec(None), &pattern, "ping")),
-        Command::Stream { common, rate } => (
-            "stream",
-            load::run_load(&common.spec(Some(rate.max(1.0))), &pattern, "stream"),
-        ),
-        Command::Churn(c) => ("churn", load::run_churn(&c.spec(None), &pattern, "churn")),
-        Command::Idle(c) => ("idle", load::run_idle(&c.spec(None), &pattern, "idle")),
-    };
-    match result {
-        Ok(r) => {
-            println!("{}", r.to_json(&[("kind", kind.into())]));
-            if r.clean() && r.msgs > 0 {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "echo-bench: {} mismatches, {} errors, {} messages",
-                    r.mismatches, r.errors, r.msgs
-                );
-                ExitCode::FAILURE
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("echo-bench").chain(args.iter().copied()))
+    }
+
+    fn usage_error(args: &[&str]) -> (ErrorKind, String) {
+        match parse(args) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(e) => (e.kind(), one_line(&e.render().to_string())),
         }
-        Err(e) => {
-            eprintln!("echo-bench: {e}");
-            ExitCode::FAILURE
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        let Ok(Cli {
+            command: Command::Ping(a),
+        }) = parse(&["ping", "--duration", "1h30m", "--warmup", "0.25"])
+        else {
+            panic!("ping parses");
+        };
+        assert_eq!(a.phase.duration, Duration::from_secs(5400));
+        assert_eq!(a.phase.warmup, Duration::from_millis(250));
+        let (kind, msg) = usage_error(&["ping", "--duration", "0"]);
+        assert_eq!(kind, ErrorKind::ValueValidation);
+        assert!(msg.contains("longer than zero"), "{msg}");
+        let (_, msg) = usage_error(&["stream", "--warmup=-1"]);
+        assert!(msg.contains("not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn zero_and_nonsense_counts_are_errors() {
+        for args in [
+            &["ping", "--conns", "0"][..],
+            &["ping", "--depth", "0"],
+            &["ping", "--size", "0"],
+            &["stream", "--rate", "0"],
+            &["stream", "--rate", "NaN"],
+            &["churn", "--size", "65537"],
+            &["idle", "--conns", "-3"],
+            &["ping", "--sources", "0"],
+            &["ping", "--server-pid", "0"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn flags_that_mean_nothing_for_a_scenario_are_not_offered() {
+        for args in [
+            &["idle", "--depth", "4"][..],
+            &["idle", "--warmup", "1"],
+            &["idle", "--size", "64"],
+            &["churn", "--depth", "4"],
+            &["churn", "--conns", "4"],
+            &["stream", "--depth", "4"],
+            &["ping", "--rate", "100"],
+        ] {
+            let (kind, msg) = usage_error(args);
+            assert_eq!(kind, ErrorKind::UnknownArgument, "{args:?}");
+            assert!(msg.contains(args[1]), "{msg}");
+        }
+    }
+
+    #[test]
+    fn targets_are_resolved_when_parsed() {
+        let Ok(Cli {
+            command: Command::Churn(a),
+        }) = parse(&["churn", "--addr", "[::1]:9000"])
+        else {
+            panic!("churn parses");
+        };
+        assert_eq!(
+            a.target.addr.addrs,
+            vec!["[::1]:9000".parse().expect("literal")]
+        );
+        let (kind, msg) = usage_error(&["ping", "--addr", "localhost"]);
+        assert_eq!(kind, ErrorKind::ValueValidation);
+        assert!(msg.contains("no port"), "{msg}");
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_with_the_valid_values() {
+        let (kind, msg) = usage_error(&["compare", "--setup", "pinnned"]);
+        assert_eq!(kind, ErrorKind::InvalidValue);
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("[possible values: pinned, unpinned, both]"),
+            "{msg}"
+        );
+        assert!(msg.starts_with("invalid value 'pinnned'"), "{msg}");
+    }
+
+    #[test]
+    fn every_flag_has_help_text() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{id} has no help",
+                    sub.get_name()
+                );
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The few system calls the load generator needs that std does not offer: epoll, connecting from a
-//! chosen source address with a timeout, CPU affinity, signals and the clock tick.
+//! chosen source address with a timeout (through socket2, for both address families), CPU
+//! affinity, signals and the clock tick.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 fn check(res: libc::c_int) -> io::Result<libc::c_int> {
     if res == -1 {
@@ -62,17 +65,6 @@ impl Epoll {
     }
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: passes a pointer to a live c_int and its exact size.
@@ -84,70 +76,28 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
 
 /// Connects to `dst` from `src` (any port), non-blocking, with Nagle off; fails after `timeout`.
 /// Several source addresses give several ephemeral port ranges, for many connections or churn.
-pub fn connect(
-    dst: SocketAddrV4,
-    src: Option<Ipv4Addr>,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket takes no pointers.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// Every error names `dst`.
+pub fn connect(dst: SocketAddr, src: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("connect to {dst}: {e}"));
+    let sock =
+        Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
     if let Some(ip) = src {
         // Let connect pick the port, so each source address has a full port range per destination.
-        set_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
-        let sa = sockaddr(SocketAddrV4::new(ip, 0));
-        // SAFETY: `sa` is a valid sockaddr_in of `len` bytes.
-        check(unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len) })?;
-    }
-    let sa = sockaddr(dst);
-    // SAFETY: `sa` is a valid sockaddr_in of `len` bytes.
-    let res = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), len) };
-    if let Err(e) = check(res) {
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-        wait_fd(fd, libc::POLLOUT, timeout)?;
-        let mut err: libc::c_int = 0;
-        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `err` and `elen` are live and sized for SO_ERROR.
-        check(unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut elen,
+        if ip.is_ipv4() {
+            set_int(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                1,
             )
-        })?;
-        if err != 0 {
-            return Err(io::Error::from_raw_os_error(err));
+            .map_err(named)?;
         }
+        sock.bind(&SocketAddr::new(ip, 0).into()).map_err(named)?;
     }
-    let stream = TcpStream::from(sock);
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Waits until `fd` is ready for `events` or `timeout` passes (`TimedOut`).
-pub fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    loop {
-        // SAFETY: one valid pollfd for the duration of the call.
-        match check(unsafe { libc::poll(&mut pfd, 1, ms) }) {
-            Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    sock.connect_timeout(&dst.into(), timeout).map_err(named)?;
+    sock.set_nonblocking(true).map_err(named)?;
+    sock.set_tcp_nodelay(true).map_err(named)?;
+    Ok(sock.into())
 }
 
 /// Restricts thread or process `pid` (0: the calling thread) to `cpus`.

@@ -5,17 +5,21 @@
 //! so it stays correct for a client that always reads.
 
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{IntoRawFd, RawFd};
 
 use clap::Parser;
+use socket2::{Domain, Socket, Type};
 
 #[derive(Parser)]
 struct Args {
+    /// TCP port (0 picks a free one; the first line printed names it).
     #[arg(long, default_value_t = 8082)]
     port: u16,
-    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
-    bind: Ipv4Addr,
+    /// Address to listen on, IPv4 or IPv6.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
+    /// Threads, each with its own listener and epoll instance.
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
@@ -30,17 +34,6 @@ fn check(res: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
 fn set_one(fd: RawFd, level: libc::c_int, name: libc::c_int) {
     let one: libc::c_int = 1;
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -48,27 +41,20 @@ fn set_one(fd: RawFd, level: libc::c_int, name: libc::c_int) {
     unsafe { libc::setsockopt(fd, level, name, (&one as *const libc::c_int).cast(), len) };
 }
 
-/// A listener on `ip:port` (0: any); returns it and its port.
-fn listen(ip: Ipv4Addr, port: u16) -> io::Result<(RawFd, u16)> {
-    // SAFETY: socket takes no pointers.
-    let fd = check(unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    set_one(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR);
-    set_one(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT);
-    let mut sa = sockaddr(ip, port);
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `sa` is a valid sockaddr_in of `len` bytes.
-    check(unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len) })?;
-    // SAFETY: listen takes no pointers.
-    check(unsafe { libc::listen(fd, 4096) })?;
-    // SAFETY: `sa` and `len` are live and sized for a sockaddr_in.
-    check(unsafe { libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) })?;
-    Ok((fd, u16::from_be(sa.sin_port)))
+/// A non-blocking `SO_REUSEPORT` listener on `addr` (port 0: any); returns it and its address.
+fn listen(addr: SocketAddr) -> io::Result<(RawFd, SocketAddr)> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the listener has no IP address"))?;
+    // The serving thread owns the descriptor from here on, for as long as the process lives.
+    Ok((sock.into_raw_fd(), local))
 }
 
 fn add(ep: RawFd, fd: RawFd, data: u64, events: u32) -> io::Result<()> {
@@ -163,12 +149,12 @@ fn serve(listener: RawFd) -> io::Result<()> {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let (first, port) = listen(args.bind, args.port)?;
+    let (first, addr) = listen(SocketAddr::new(args.bind, args.port))?;
     let mut listeners = vec![first];
     for _ in 1..args.threads.max(1) {
-        listeners.push(listen(args.bind, port)?.0);
+        listeners.push(listen(addr)?.0);
     }
-    println!("epoll-ref: listening on {}:{port}", args.bind);
+    println!("epoll-ref: listening on {addr}");
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|l| std::thread::spawn(move || serve(l)))

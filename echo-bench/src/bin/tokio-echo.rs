@@ -2,7 +2,7 @@
 //! a 1 KiB buffer per connection), as a peer to compare against. Nagle's delay is turned off as in
 //! the other servers, so pipelined echoes are not held back by delayed acknowledgements.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,10 +10,12 @@ use tokio::net::TcpListener;
 
 #[derive(Parser)]
 struct Args {
+    /// TCP port (0 picks a free one; the first line printed names it).
     #[arg(long, default_value_t = 8081)]
     port: u16,
-    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
-    bind: Ipv4Addr,
+    /// Address to listen on, IPv4 or IPv6.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
