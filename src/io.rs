@@ -32,6 +32,11 @@ pub(crate) trait Io {
     fn shutdown_write(&mut self, sock: &Self::Socket);
     fn close(&mut self, sock: Self::Socket);
     fn close_listener(&mut self);
+    /// Bytes of this connection's output the kernel holds unsent or unacknowledged, counting our
+    /// FIN once sent (`SIOCOUTQ`).
+    fn unacked(&mut self, sock: &Self::Socket) -> io::Result<usize>;
+    /// Closes the epoll instance and lets go of the wake-up channel: nothing is waited on after.
+    fn close_shell(&mut self);
     /// Consumes a wake-up so that the next one raises a new event.
     fn clear_wake(&mut self);
 }

@@ -14,6 +14,7 @@
 //! Warnings go through the `log` facade; the binary installs the logger.
 #![deny(unsafe_code)]
 
+mod config;
 mod dispatch;
 mod io;
 mod report;
@@ -31,6 +32,7 @@ pub mod fuzzing;
 #[doc(hidden)]
 pub mod sim;
 
+pub use config::{Config, MAX_TIMEOUT};
 pub use report::{Counter, Derived, ParseError, Report};
-pub use server::{Config, Server, StartError};
+pub use server::{Server, StartError};
 pub use stats::LiveStats;

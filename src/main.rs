@@ -1,134 +1,70 @@
 //! The `epoll-echo` binary: flags, signals, logging and exit codes; the server does the rest.
 
-use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod cmd;
+
 use std::process::ExitCode;
+use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use epoll_echo::{Config, LiveStats, Server};
-use nix::sys::signal::{SigSet, Signal};
+use cmd::flags::Cli;
+use cmd::output::Output;
+use cmd::signals::{Request, Signals};
+use epoll_echo::{Counter, Derived, LiveStats, Report, Server, StartError};
+use nix::sys::signal::Signal;
 
-/// A Linux epoll TCP echo server: every byte received is sent back on the same connection.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    /// TCP port to listen on (0 picks a free port)
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
+/// How often the main thread looks at the workers' health while it waits for a signal.
+const HEALTH_CHECK: Duration = Duration::from_millis(100);
+/// How long the last lines may take to reach stdout and stderr before the process exits anyway.
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
-    /// Worker threads, each with its own listener and epoll [default: number of CPUs]
-    #[arg(long = "maxListeners", visible_alias = "max-listeners", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    max_listeners: Option<u32>,
+/// Exit status of a stop after a worker failed (documented in `--help`).
+const WORKER_FAILED: u8 = 3;
 
-    /// Address to listen on (IPv4 or IPv6)
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
-    bind: IpAddr,
+/// Blocks the stop signals before `main`, while the program is still being set up: a signal that
+/// comes then waits for `main` instead of killing the process. Only the loader's own work comes
+/// earlier. `main` blocks them again, in case this did not run.
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_SIGNALS_AT_LOAD: extern "C" fn() = block_signals_at_load;
 
-    /// Cap on one connection's unsent echo, in bytes; at the cap the connection is not read
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
-          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
-    max_pending: u64,
-
-    /// How long a graceful stop may flush before closing what remains (e.g. 5s, 500ms)
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-
-    /// Most connections open at once over all workers; at the limit new ones are accepted and
-    /// closed at once (counted as rejected) [default: no limit]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
-    max_conns: Option<u64>,
-
-    /// Close connections with no traffic in either direction for this long (e.g. 60s; 0 = never)
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
-    idle_timeout: Duration,
-}
-
-/// Parses `500ms`, `5s` or a bare number of seconds (fractions allowed).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, scale) = match s.strip_suffix("ms") {
-        Some(n) => (n, 1e-3),
-        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("'{s}' is not a duration like 5s or 500ms"))
-}
-
-/// Writes each log record as one line to stderr, best effort: `eprintln!` panics when stderr is
-/// closed, and nothing in the environment may stop the server.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let _ = writeln!(std::io::stderr(), "epoll-echo: {}", record.args());
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
-macro_rules! log {
-    ($($arg:tt)*) => { log::info!($($arg)*) };
+extern "C" fn block_signals_at_load() {
+    let _ = cmd::signals::block_mask();
 }
 
 fn main() -> ExitCode {
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    // First of all: from here on no signal can kill the process before it is handled.
+    let signals = Signals::block();
+    let output = Output::start();
+    let code = match signals {
+        Ok(signals) => run(signals, &output),
+        Err(e) => {
+            log::error!("cannot take the stop signals: {e}");
+            1
+        }
+    };
+    output.finish(LAST_WORDS);
+    ExitCode::from(code)
+}
+
+/// Parses the flags, serves until asked to stop, and stops; returns the exit status.
+fn run(mut signals: Signals, output: &Output) -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            log!("{}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage(&e, output),
     };
-    let mut config = Config {
-        addr: SocketAddr::new(cli.bind, cli.port),
-        max_pending: cli.max_pending as usize,
-        drain_timeout: cli.drain_timeout,
-        max_conns: cli
-            .max_conns
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        idle_timeout: (!cli.idle_timeout.is_zero()).then_some(cli.idle_timeout),
-        ..Config::default()
-    };
-    if let Some(n) = cli.max_listeners {
-        config.workers = n as usize;
+    if cli.generate() {
+        return 0;
     }
-
-    // Block the stop signals (and SIGUSR1, the counters request) before any worker exists so every
-    // thread inherits the mask and the signals are only ever taken by `wait` below.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGUSR1);
-    if let Err(e) = signals.thread_block() {
-        log!("cannot block signals: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    let server = match Server::start(config) {
+    let server = match Server::start(cli.config()) {
         Ok(server) => server,
+        Err(e @ StartError::Bind { .. }) if in_use(&e) => {
+            log::error!("{e}; --reuse-port shares a port on purpose");
+            return 1;
+        }
         Err(e) => {
-            log!("{e}");
-            return ExitCode::FAILURE;
+            log::error!("{e}");
+            return 1;
         }
     };
     let listening = format!(
@@ -136,43 +72,125 @@ fn main() -> ExitCode {
         server.local_addr(),
         server.workers()
     );
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "epoll-echo: {listening}").and_then(|()| stdout.flush()) {
-        // Keep serving; the address still reaches the log.
-        log!("{listening} (cannot write to stdout: {e})");
-    }
-    drop(stdout);
-
+    // Scripts read stdout; the log keeps it too, in case stdout goes nowhere.
+    output.stdout.line(&format!("epoll-echo: {listening}"));
+    log::info!("{listening}");
     let stats = server.live_stats();
-    match wait_for_stop(&signals, &stats) {
-        Ok(signal) => {
-            log!("{signal}: stopping gracefully (send it again to exit at once)")
+    let code = match wait_for_stop(&mut signals, &server, &stats) {
+        Ok(Why::Signal(signal)) => {
+            log::info!("{signal}: stopping gracefully (send it again to exit at once)");
+            0
         }
-        Err(e) => log!("waiting for signals failed ({e}); stopping"),
-    }
-    std::thread::spawn(move || {
-        if let Ok(signal) = wait_for_stop(&signals, &stats) {
-            log!("{signal} again: exiting at once");
-            std::process::exit(128 + signal as i32);
+        Ok(Why::WorkerFailed) => {
+            log::error!("stopping the other workers after a failure");
+            WORKER_FAILED
         }
-    });
+        Err(e) => {
+            log::error!("waiting for signals failed ({e}); stopping");
+            1
+        }
+    };
+    // A later stop signal exits at once; the graceful stop below goes on meanwhile.
+    let finishing = output.clone();
+    let _ = thread::Builder::new()
+        .name("epoll-echo-signals".into())
+        .spawn(move || watch_during_stop(signals, &stats, &finishing));
     let report = server.stop();
-    log!("stopped: {report}");
-    ExitCode::SUCCESS
+    summarize(&report, output);
+    if report[Counter::WorkersFailed] > 0 {
+        WORKER_FAILED
+    } else {
+        code
+    }
 }
 
-/// Waits for a stop signal, printing the live counters on each `SIGUSR1` meanwhile.
-fn wait_for_stop(signals: &SigSet, stats: &LiveStats) -> nix::Result<Signal> {
+/// clap's message: `--help` and `--version` on stdout (exit 0), an error as its first line and
+/// its tip on stderr (exit 2).
+fn usage(e: &clap::Error, output: &Output) -> u8 {
+    let rendered = e.render().to_string();
+    if !e.use_stderr() {
+        for line in rendered.lines() {
+            output.stdout.line(line);
+        }
+        return 0;
+    }
+    let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    output.stderr.line(&format!(
+        "epoll-echo: {}",
+        first.trim_start_matches("error: ")
+    ));
+    if let Some(tip) = lines.find(|l| l.trim_start().starts_with("tip:")) {
+        output.stderr.line(tip);
+    }
+    2
+}
+
+/// Why the server stops.
+enum Why {
+    Signal(Signal),
+    WorkerFailed,
+}
+
+/// Waits for a stop signal or a failed worker, printing the live counters on each SIGUSR1.
+fn wait_for_stop(signals: &mut Signals, server: &Server, stats: &LiveStats) -> nix::Result<Why> {
     loop {
-        match signals.wait()? {
-            Signal::SIGUSR1 => {
-                let workers = stats.per_worker();
-                for (i, report) in workers.iter().enumerate() {
-                    log!("stats worker={i} {report}");
-                }
-                log!("stats total {}", stats.total());
-            }
-            signal => return Ok(signal),
+        if server.failed_workers() > 0 {
+            return Ok(Why::WorkerFailed);
+        }
+        match signals.next(HEALTH_CHECK)? {
+            Some(Request::Stats) => print_stats(stats),
+            Some(Request::Stop(signal) | Request::Exit(signal)) => return Ok(Why::Signal(signal)),
+            None => {}
         }
     }
+}
+
+/// During the graceful stop: counters on SIGUSR1, and a later stop signal exits at once.
+fn watch_during_stop(mut signals: Signals, stats: &LiveStats, output: &Output) {
+    loop {
+        match signals.next(Duration::from_secs(3600)) {
+            Ok(Some(Request::Stats)) => print_stats(stats),
+            Ok(Some(Request::Exit(signal) | Request::Stop(signal))) => {
+                log::warn!("{signal} again: exiting at once");
+                output.finish(LAST_WORDS);
+                std::process::exit(128 + signal as i32);
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn print_stats(stats: &LiveStats) {
+    for (i, report) in stats.per_worker().iter().enumerate() {
+        log::info!("stats worker={i} {report}");
+    }
+    log::info!("stats total {}", stats.total());
+}
+
+/// The summary: every counter, then the balance in delivered terms.
+fn summarize(report: &Report, output: &Output) {
+    log::info!("stopped: {report}");
+    let verdict = if report.balances() {
+        "holds"
+    } else {
+        "DOES NOT HOLD"
+    };
+    log::info!(
+        "balance {verdict}: bytes_read {} = bytes_delivered {} + bytes_unacked {} + bytes_dropped {}",
+        report[Counter::BytesRead],
+        report.derived(Derived::BytesDelivered),
+        report[Counter::BytesUnacked],
+        report[Counter::BytesDropped]
+    );
+    let dropped = output.stderr.dropped() + output.stdout.dropped();
+    if dropped > 0 {
+        log::warn!("{dropped} log lines were dropped: the output was full");
+    }
+}
+
+/// The error says another socket already listens on the address.
+fn in_use(e: &StartError) -> bool {
+    matches!(e, StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
 }

@@ -59,8 +59,10 @@ counters! {
     Closed = "closed", Sum;
     /// Bytes read from peers to be echoed.
     BytesRead = "bytes_read", Sum;
-    /// Bytes handed to the kernel for sending back.
+    /// Bytes handed to the kernel for sending back: delivered, or counted as unacknowledged.
     BytesWritten = "bytes_written", Sum;
+    /// Bytes handed to the kernel that the peer had not acknowledged when the connection was closed without proof of delivery (drain deadline, idle timeout).
+    BytesUnacked = "bytes_unacked", Sum;
     /// Bytes read but never handed to the kernel: lost to a peer error, the drain deadline or the idle timeout.
     BytesDropped = "bytes_dropped", Sum;
     /// Bytes a peer sent after the stop began, read only so the close sends no reset, never echoed.
@@ -85,8 +87,10 @@ counters! {
     BackpressurePauses = "backpressure_pauses", Sum;
     /// The most output any one connection held pending, in bytes (a high-water mark, not a setting).
     PendingHighWater = "pending_high_water_bytes", Max;
-    /// Descriptors the worker closed.
+    /// Descriptors the worker closed: listener, connections, epoll instance and wake-up channel.
     DescriptorsClosed = "descriptors_closed", Sum;
+    /// Workers that ended early (a panic or an error); their counters are the last they published.
+    WorkersFailed = "workers_failed", Sum;
 }
 
 /// A value computed from the counters, shown beside them but never stored.
@@ -96,16 +100,23 @@ pub enum Derived {
     Active,
     /// `accept` failures for lack of descriptors or memory: the four kinds together.
     AcceptExhausted,
+    /// Bytes the peers acknowledged: written minus unacknowledged.
+    BytesDelivered,
 }
 
 impl Derived {
     /// Every derived value, in display order.
-    pub const ALL: [Derived; 2] = [Derived::Active, Derived::AcceptExhausted];
+    pub const ALL: [Derived; 3] = [
+        Derived::Active,
+        Derived::AcceptExhausted,
+        Derived::BytesDelivered,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Derived::Active => "active",
             Derived::AcceptExhausted => "accept_exhausted",
+            Derived::BytesDelivered => "bytes_delivered",
         }
     }
 
@@ -114,6 +125,9 @@ impl Derived {
             Derived::Active => "Connections open: accepted minus closed.",
             Derived::AcceptExhausted => {
                 "accept failures for lack of descriptors or memory (the four kinds together)."
+            }
+            Derived::BytesDelivered => {
+                "Bytes the peers acknowledged: bytes_written minus bytes_unacked."
             }
         }
     }
@@ -131,13 +145,17 @@ impl Derived {
             .into_iter()
             .map(|c| report[c])
             .sum(),
+            Derived::BytesDelivered => {
+                report[Counter::BytesWritten].saturating_sub(report[Counter::BytesUnacked])
+            }
         }
     }
 }
 
 /// The counters of one worker (or, summed, of the whole server).
 ///
-/// Invariant once every connection is closed: `bytes_read == bytes_written + bytes_dropped`.
+/// Invariant once every connection is closed: `bytes_read == bytes_written + bytes_dropped`, that
+/// is, in delivered terms, `bytes_read == bytes_delivered + bytes_unacked + bytes_dropped`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     values: [u64; COUNT],
@@ -173,9 +191,13 @@ impl Report {
         Derived::Active.of(self)
     }
 
-    /// True when every byte read was either handed back to the kernel or counted as dropped.
+    /// True when every byte read was delivered, or counted as unacknowledged or dropped (and no
+    /// more was counted as unacknowledged than was written).
     pub fn balances(&self) -> bool {
-        self[Counter::BytesRead] == self[Counter::BytesWritten] + self[Counter::BytesDropped]
+        let delivered = Derived::BytesDelivered.of(self);
+        self[Counter::BytesUnacked] <= self[Counter::BytesWritten]
+            && self[Counter::BytesRead]
+                == delivered + self[Counter::BytesUnacked] + self[Counter::BytesDropped]
     }
 
     /// Every counter with its value, in display order.
@@ -261,16 +283,18 @@ impl AddAssign for Report {
     }
 }
 
-/// `active=.. accepted=.. ... accept_exhausted=..`: the derived values first and last around every
-/// counter, so the summary and the stats lines carry the same fields.
+/// `active=.. accepted=.. ... accept_exhausted=.. bytes_delivered=..`: `active` first, the other
+/// derived values after every counter, so the summary and the stats lines carry the same fields.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}={}", Derived::Active.name(), self.active())?;
         for (c, v) in self.iter() {
             write!(f, " {}={v}", c.name())?;
         }
-        let exhausted = Derived::AcceptExhausted;
-        write!(f, " {}={}", exhausted.name(), exhausted.of(self))
+        for d in &Derived::ALL[1..] {
+            write!(f, " {}={}", d.name(), d.of(self))?;
+        }
+        Ok(())
     }
 }
 
@@ -357,7 +381,8 @@ mod tests {
         ]);
         let text = r.to_string();
         assert!(text.starts_with("active=3 accepted=5 closed=2 "), "{text}");
-        assert!(text.ends_with(" accept_exhausted=7"), "{text}");
+        assert!(text.contains(" accept_exhausted=7 "), "{text}");
+        assert!(text.ends_with(" bytes_delivered=0"), "{text}");
         for c in Counter::ALL {
             assert!(text.contains(&format!(" {}=", c.name())), "{text}");
         }
@@ -382,5 +407,11 @@ mod tests {
         assert!(!r.balances());
         r.add(Counter::BytesDropped, 1);
         assert!(r.balances());
+        // Unacknowledged bytes are part of what was written, not more.
+        r.add(Counter::BytesUnacked, 4);
+        assert!(r.balances());
+        assert_eq!(r.derived(Derived::BytesDelivered), 3);
+        r.add(Counter::BytesUnacked, 4);
+        assert!(!r.balances(), "more unacknowledged than written");
     }
 }

@@ -1,84 +1,21 @@
 //! The orchestrator: binds every listener and builds every worker's epoll before any thread runs
-//! (start-up is all-or-nothing), spawns the workers, and stops and joins them.
+//! (start-up is all-or-nothing), spawns the workers, watches them, and stops and joins them.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crate::dispatch::{ConnLimit, Settings};
-use crate::report::Report;
+use crate::config::Config;
+use crate::report::{Counter, Report};
 use crate::shutdown::{Coordinator, Join, Wake};
 use crate::stats::{LiveStats, WorkerStats};
-use crate::sys::{bind_listener, EpollShell, Waker};
+use crate::sys::{bind_listener, Claim, EpollShell, Waker};
 use crate::worker::Worker;
-
-/// How to run the server.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Address to listen on; port 0 picks a free port (the same for every worker).
-    pub addr: SocketAddr,
-    /// Worker threads, each with its own listener and epoll (at least 1).
-    pub workers: usize,
-    /// Cap on one connection's pending output, in bytes (at least 1).
-    pub max_pending: usize,
-    /// How long a graceful stop may spend flushing.
-    pub drain_timeout: Duration,
-    /// Most connections open at once, over all workers; at the limit a new connection is accepted
-    /// and closed at once and counted as rejected (`None`: no limit).
-    pub max_conns: Option<usize>,
-    /// Close connections with no traffic in either direction for this long (`None`: never).
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let core = Settings::default();
-        Config {
-            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_pending: core.max_pending,
-            drain_timeout: core.drain_timeout,
-            max_conns: None,
-            idle_timeout: core.idle_timeout,
-        }
-    }
-}
-
-impl Config {
-    /// Checks every setting and turns them into the core's settings: the one place a `Config` is
-    /// validated.
-    fn settings(&self) -> Result<Settings, StartError> {
-        if self.workers == 0 {
-            return Err(StartError::InvalidConfig("at least one worker is needed"));
-        }
-        if self.max_pending == 0 {
-            return Err(StartError::InvalidConfig(
-                "max pending bytes must be at least 1",
-            ));
-        }
-        if self.max_conns == Some(0) {
-            return Err(StartError::InvalidConfig(
-                "max connections must be at least 1",
-            ));
-        }
-        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(StartError::InvalidConfig(
-                "an idle timeout must be non-zero",
-            ));
-        }
-        Ok(Settings {
-            max_pending: self.max_pending,
-            drain_timeout: self.drain_timeout,
-            idle_timeout: self.idle_timeout,
-            limit: self.max_conns.map(|n| Arc::new(ConnLimit::new(n))),
-            ..Settings::default()
-        })
-    }
-}
 
 /// Why the server did not start. Nothing is left running or open when `start` returns one.
 #[derive(Debug)]
@@ -97,6 +34,12 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            StartError::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
+                write!(
+                    f,
+                    "cannot listen on {addr}: another socket already listens there"
+                )
+            }
             StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             StartError::Setup(e) => write!(f, "cannot set up a worker: {e}"),
             StartError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
@@ -114,32 +57,108 @@ impl std::error::Error for StartError {
     }
 }
 
-struct WorkerWaker(Arc<Waker>);
+struct WorkerWaker {
+    index: usize,
+    waker: Arc<Waker>,
+}
 
 impl Wake for WorkerWaker {
-    fn wake(&self) {
-        if let Err(e) = self.0.wake() {
-            log::error!("cannot wake a worker: {e}");
-        }
+    fn wake(&self) -> io::Result<()> {
+        self.waker.wake().inspect_err(|e| {
+            log::error!("cannot wake worker {}: {e}; not waiting for it", self.index);
+        })
     }
 }
 
-struct WorkerThread(JoinHandle<io::Result<Report>>);
+/// A worker thread, and what it last published, for when it fails.
+struct WorkerThread {
+    handle: JoinHandle<Option<Report>>,
+    stats: Arc<WorkerStats>,
+}
+
+/// What a failed worker leaves: the counters it last published, counted as failed.
+fn failed(stats: &WorkerStats) -> Report {
+    let mut report = stats.load();
+    report.count(Counter::WorkersFailed);
+    report
+}
 
 impl Join for WorkerThread {
-    fn join(self) -> Option<Report> {
-        match self.0.join() {
-            Ok(Ok(report)) => Some(report),
-            Ok(Err(e)) => {
-                log::error!("a worker failed: {e}");
-                None
-            }
-            Err(_) => {
-                log::error!("a worker panicked");
-                None
-            }
+    fn join(self) -> Report {
+        match self.handle.join() {
+            Ok(Some(report)) => report,
+            _ => failed(&self.stats),
         }
     }
+
+    fn abandon(self) -> Report {
+        failed(&self.stats)
+    }
+}
+
+/// Runs one worker on its own thread; a failure (an error or a panic) is logged at once, counted
+/// in `failures`, and ends the thread with no report. The worker's state unwinds with it, which
+/// closes its descriptors and gives back its connection-limit slots.
+fn run_worker<I: crate::io::Io>(
+    index: usize,
+    worker: Worker<I>,
+    failures: &AtomicUsize,
+) -> Option<Report> {
+    let why = match panic::catch_unwind(AssertUnwindSafe(|| worker.run())) {
+        Ok(Ok(report)) => return Some(report),
+        Ok(Err(e)) => format!("its wait for events failed: {e}"),
+        Err(cause) => {
+            let what = cause
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| cause.downcast_ref::<String>().cloned());
+            format!("it panicked: {}", what.as_deref().unwrap_or("no message"))
+        }
+    };
+    failures.fetch_add(1, Ordering::SeqCst);
+    log::error!("worker {index} failed, {why}; its counters are those it last published");
+    None
+}
+
+/// Binds one listener per worker on the same address and port. The first claims the port for this
+/// server alone unless sharing is asked for; an IPv6 wildcard falls back to the IPv4 one on a host
+/// without IPv6.
+fn bind_all(config: &Config) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let claim = if config.reuse_port {
+        Claim::Share
+    } else {
+        Claim::First
+    };
+    let mut addr = config.addr;
+    let first = bind_listener(addr, claim).or_else(|e| match ipv4_fallback(addr, &e) {
+        Some(v4) => {
+            log::info!("no IPv6 here ({e}): listening on {v4} instead of {addr}");
+            addr = v4;
+            bind_listener(v4, claim)
+        }
+        None => Err(e),
+    });
+    let first = first.map_err(|source| StartError::Bind { addr, source })?;
+    // Port 0 picked a port: every other listener binds that one.
+    let addr = TcpListener::from(first.try_clone().map_err(StartError::Setup)?)
+        .local_addr()
+        .map_err(StartError::Setup)?;
+    let mut listeners = vec![first];
+    for _ in 1..config.workers {
+        let listener = bind_listener(addr, Claim::Share);
+        listeners.push(listener.map_err(|source| StartError::Bind { addr, source })?);
+    }
+    Ok((listeners, addr))
+}
+
+/// The IPv4 wildcard address to use instead of the IPv6 one when the host has no IPv6.
+fn ipv4_fallback(addr: SocketAddr, e: &io::Error) -> Option<SocketAddr> {
+    let no_ipv6 = matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    );
+    let wildcard = addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    (no_ipv6 && wildcard).then(|| SocketAddr::from(([0, 0, 0, 0], addr.port())))
 }
 
 /// A running server. Dropping it stops it.
@@ -147,6 +166,8 @@ pub struct Server {
     local_addr: SocketAddr,
     workers: usize,
     stats: LiveStats,
+    /// Workers that ended early.
+    failures: Arc<AtomicUsize>,
     coordinator: Coordinator<WorkerWaker, WorkerThread>,
 }
 
@@ -154,30 +175,39 @@ impl Server {
     /// Binds every listener, then starts the workers. On error nothing is left running or open.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let settings = config.settings()?;
-        let bind = |addr| bind_listener(addr).map_err(|source| StartError::Bind { addr, source });
-        let first = TcpListener::from(bind(config.addr)?);
-        let local_addr = first.local_addr().map_err(StartError::Setup)?;
-        let mut listeners = vec![OwnedFd::from(first)];
-        for _ in 1..config.workers {
-            listeners.push(bind(local_addr)?);
-        }
+        let (listeners, local_addr) = bind_all(&config)?;
         let mut shells = Vec::with_capacity(config.workers);
         for listener in listeners {
             let waker = Arc::new(Waker::new().map_err(StartError::Setup)?);
             let shell = EpollShell::new(listener, Arc::clone(&waker)).map_err(StartError::Setup)?;
             shells.push((waker, shell));
         }
+        let failures = Arc::new(AtomicUsize::new(0));
         let mut stats = Vec::with_capacity(shells.len());
         let mut workers = Vec::with_capacity(shells.len());
-        for (i, (waker, shell)) in shells.into_iter().enumerate() {
+        for (index, (waker, shell)) in shells.into_iter().enumerate() {
             let published = Arc::new(WorkerStats::default());
             stats.push(Arc::clone(&published));
-            let worker = Worker::new(shell, settings.clone(), Some(published), true);
+            let worker = Worker::new(shell, settings.clone(), Some(Arc::clone(&published)), true);
+            #[cfg(feature = "sim")]
+            let worker = worker.failing_after(
+                config
+                    .fail_worker
+                    .filter(|&(i, _)| i == index)
+                    .map(|(_, n)| n),
+            );
+            let failed = Arc::clone(&failures);
             let spawned = std::thread::Builder::new()
-                .name(format!("epoll-echo-{i}"))
-                .spawn(move || worker.run());
+                .name(format!("epoll-echo-{index}"))
+                .spawn(move || run_worker(index, worker, &failed));
             match spawned {
-                Ok(handle) => workers.push((WorkerWaker(waker), WorkerThread(handle))),
+                Ok(handle) => workers.push((
+                    WorkerWaker { index, waker },
+                    WorkerThread {
+                        handle,
+                        stats: published,
+                    },
+                )),
                 Err(e) => {
                     // Stop the workers already running; the rest of the shells close on drop.
                     Coordinator::new(workers).stop();
@@ -189,6 +219,7 @@ impl Server {
             local_addr,
             workers: config.workers,
             stats: LiveStats::new(stats),
+            failures,
             coordinator: Coordinator::new(workers),
         })
     }
@@ -208,6 +239,12 @@ impl Server {
         self.stats.clone()
     }
 
+    /// Workers that ended early (a panic or an error): each was logged when it happened. A
+    /// program that serves should stop the server then (the binary does, and exits non-zero).
+    pub fn failed_workers(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
     /// Gracefully stops: every worker stops accepting, flushes within the drain deadline, closes all
     /// its descriptors and ends. Returns after every worker has joined, with their summed report.
     /// Idempotent and callable from any thread; later calls return the same report.
@@ -219,5 +256,28 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.coordinator.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_ipv6_wildcard_falls_back_and_only_without_ipv6() {
+        let any6: SocketAddr = "[::]:8080".parse().expect("address");
+        let no_family = io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+        assert_eq!(
+            ipv4_fallback(any6, &no_family),
+            Some("0.0.0.0:8080".parse().expect("address"))
+        );
+        let no_address = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert!(ipv4_fallback(any6, &no_address).is_some());
+        // A port in use is not a missing family.
+        let in_use = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert_eq!(ipv4_fallback(any6, &in_use), None);
+        // An address the user named is never replaced.
+        let loopback6: SocketAddr = "[::1]:8080".parse().expect("address");
+        assert_eq!(ipv4_fallback(loopback6, &no_family), None);
     }
 }

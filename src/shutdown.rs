@@ -3,7 +3,10 @@
 //!
 //! Lost wake-ups are impossible by construction: a wake is sticky (an eventfd counter) until the
 //! worker consumes it, so a stop that comes before a worker first waits is seen by that first wait.
+//! A worker that failed is joined like the others and contributes the counters it last published;
+//! one that cannot be woken is not waited for (it would never end), and counts as failed.
 
+use std::io;
 use std::mem;
 use std::sync::PoisonError;
 
@@ -12,12 +15,17 @@ use crate::sync::Mutex;
 
 /// Something that can wake one worker.
 pub trait Wake {
-    fn wake(&self);
+    fn wake(&self) -> io::Result<()>;
 }
 
-/// A running worker that can be waited for. `None`: it ended without a report (it failed).
+/// A running worker that can be waited for.
 pub trait Join {
-    fn join(self) -> Option<Report>;
+    /// Waits for the worker to end. Its report; for a worker that failed, the counters it last
+    /// published with `workers_failed` counted.
+    fn join(self) -> Report;
+    /// Gives up on a worker that cannot be woken, without waiting: the counters it last published,
+    /// counted as failed.
+    fn abandon(self) -> Report;
 }
 
 enum State<W, J> {
@@ -40,7 +48,8 @@ impl<W: Wake, J: Join> Coordinator<W, J> {
 
     /// Wakes and joins every worker and returns the summed report. The first caller does the work
     /// while holding the lock, so any concurrent or later caller returns only after every worker has
-    /// joined, with the same report. Wakers are dropped after the joins (closing their descriptors).
+    /// joined (or was given up), with the same report. Wakers are dropped after the joins (closing
+    /// their descriptors).
     pub fn stop(&self) -> Report {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let workers = match mem::replace(&mut *state, State::Stopped(Report::default())) {
@@ -50,14 +59,14 @@ impl<W: Wake, J: Join> Coordinator<W, J> {
                 return report;
             }
         };
-        for (waker, _) in &workers {
-            waker.wake();
-        }
+        let woken: Vec<bool> = workers.iter().map(|(w, _)| w.wake().is_ok()).collect();
         let mut total = Report::default();
-        for (waker, worker) in workers {
-            if let Some(report) = worker.join() {
-                total += report;
-            }
+        for ((waker, worker), woken) in workers.into_iter().zip(woken) {
+            total += if woken {
+                worker.join()
+            } else {
+                worker.abandon()
+            };
             drop(waker);
         }
         *state = State::Stopped(total);
@@ -96,6 +105,7 @@ mod loom_tests {
         /// Workers that returned (after their wake-up).
         finished: AtomicUsize,
         joins: AtomicUsize,
+        abandoned: AtomicUsize,
         wakers_dropped: AtomicUsize,
     }
 
@@ -106,15 +116,43 @@ mod loom_tests {
         changed: Condvar,
     }
 
+    impl Flag {
+        fn raise(&self) {
+            *self.set.lock().expect("flag lock") = true;
+            self.changed.notify_all();
+        }
+
+        fn wait(&self) {
+            let mut set = self.set.lock().expect("flag lock");
+            while !*set {
+                set = self.changed.wait(set).expect("flag lock");
+            }
+        }
+    }
+
+    /// How a model worker behaves.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Healthy,
+        /// Ends with an error after its wake-up (as a panic or a failed `epoll_wait` would).
+        Fails,
+        /// Its wake-up channel cannot be written.
+        Unwakeable,
+    }
+
     struct ModelWake {
         flag: Arc<Flag>,
         counts: Arc<Counts>,
+        fails: bool,
     }
 
     impl Wake for ModelWake {
-        fn wake(&self) {
-            *self.flag.set.lock().expect("flag lock") = true;
-            self.flag.changed.notify_all();
+        fn wake(&self) -> io::Result<()> {
+            if self.fails {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+            self.flag.raise();
+            Ok(())
         }
     }
 
@@ -125,40 +163,62 @@ mod loom_tests {
     }
 
     struct ModelJoin {
-        handle: thread::JoinHandle<Report>,
+        handle: thread::JoinHandle<Option<Report>>,
         counts: Arc<Counts>,
     }
 
+    /// What every model worker publishes before it waits: one accepted connection.
+    fn published() -> Report {
+        let mut report = Report::default();
+        report.count(Counter::Accepted);
+        report
+    }
+
+    fn failed() -> Report {
+        let mut report = published();
+        report.count(Counter::WorkersFailed);
+        report
+    }
+
     impl Join for ModelJoin {
-        fn join(self) -> Option<Report> {
+        fn join(self) -> Report {
             self.counts.joins.fetch_add(1, SeqCst);
-            self.handle.join().ok()
+            match self.handle.join() {
+                Ok(Some(report)) => report,
+                _ => failed(),
+            }
+        }
+
+        fn abandon(self) -> Report {
+            self.counts.abandoned.fetch_add(1, SeqCst);
+            failed()
         }
     }
 
-    /// Spawns a model worker that starts, waits for its wake-up and reports one accepted connection.
-    fn worker(counts: &Arc<Counts>) -> (ModelWake, ModelJoin) {
+    /// Spawns a model worker that starts, waits for its wake-up and reports one accepted
+    /// connection (or fails). Also returns its flag, to let an unwakeable one end after the model.
+    fn worker(counts: &Arc<Counts>, kind: Kind) -> ((ModelWake, ModelJoin), Arc<Flag>) {
         let flag = Arc::new(Flag::default());
         let (wflag, wcounts) = (Arc::clone(&flag), Arc::clone(counts));
         let handle = thread::spawn(move || {
-            let mut set = wflag.set.lock().expect("flag lock");
-            while !*set {
-                set = wflag.changed.wait(set).expect("flag lock");
-            }
+            wflag.wait();
             wcounts.finished.fetch_add(1, SeqCst);
-            let mut report = Report::default();
-            report.count(Counter::Accepted);
-            report
+            (kind != Kind::Fails).then(published)
         });
         let wake = ModelWake {
-            flag,
+            flag: Arc::clone(&flag),
             counts: Arc::clone(counts),
+            fails: kind == Kind::Unwakeable,
         };
         let join = ModelJoin {
             handle,
             counts: Arc::clone(counts),
         };
-        (wake, join)
+        ((wake, join), flag)
+    }
+
+    fn healthy(counts: &Arc<Counts>) -> (ModelWake, ModelJoin) {
+        worker(counts, Kind::Healthy).0
     }
 
     fn assert_done(counts: &Counts, workers: usize) {
@@ -180,7 +240,7 @@ mod loom_tests {
     fn stop_racing_worker_start_and_wait() {
         explore("stop_racing_worker_start_and_wait", || {
             let counts = Arc::new(Counts::default());
-            let coordinator = Coordinator::new(vec![worker(&counts), worker(&counts)]);
+            let coordinator = Coordinator::new(vec![healthy(&counts), healthy(&counts)]);
             assert_eq!(coordinator.stop()[Counter::Accepted], 2);
             assert_done(&counts, 2);
         });
@@ -192,7 +252,7 @@ mod loom_tests {
     fn stop_twice_and_from_two_threads() {
         explore("stop_twice_and_from_two_threads", || {
             let counts = Arc::new(Counts::default());
-            let coordinator = Arc::new(Coordinator::new(vec![worker(&counts)]));
+            let coordinator = Arc::new(Coordinator::new(vec![healthy(&counts)]));
             let stoppers: Vec<_> = (0..2)
                 .map(|_| {
                     let (coordinator, counts) = (Arc::clone(&coordinator), Arc::clone(&counts));
@@ -226,7 +286,7 @@ mod loom_tests {
     fn drop_of_a_running_owner() {
         explore("drop_of_a_running_owner", || {
             let counts = Arc::new(Counts::default());
-            let owner = Arc::new(Owner(Coordinator::new(vec![worker(&counts)])));
+            let owner = Arc::new(Owner(Coordinator::new(vec![healthy(&counts)])));
             let other = Arc::clone(&owner);
             let stopper = thread::spawn(move || {
                 other.0.stop();
@@ -234,6 +294,48 @@ mod loom_tests {
             drop(owner);
             stopper.join().expect("stopper");
             assert_done(&counts, 1);
+        });
+    }
+
+    /// A worker that fails is joined like the others: the stop returns with its last published
+    /// counters, counted as failed, and the healthy worker's report.
+    #[test]
+    fn a_worker_whose_join_fails() {
+        explore("a_worker_whose_join_fails", || {
+            let counts = Arc::new(Counts::default());
+            let (failing, _) = worker(&counts, Kind::Fails);
+            let coordinator = Coordinator::new(vec![healthy(&counts), failing]);
+            let report = coordinator.stop();
+            assert_eq!(
+                report[Counter::Accepted],
+                2,
+                "the failed worker's counts are kept"
+            );
+            assert_eq!(report[Counter::WorkersFailed], 1);
+            assert_done(&counts, 2);
+        });
+    }
+
+    /// A worker whose wake-up cannot be sent is not waited for (it would never end): the stop
+    /// returns with its last published counters, counted as failed.
+    #[test]
+    fn a_wake_that_fails() {
+        explore("a_wake_that_fails", || {
+            let counts = Arc::new(Counts::default());
+            let (unwakeable, flag) = worker(&counts, Kind::Unwakeable);
+            let coordinator = Coordinator::new(vec![healthy(&counts), unwakeable]);
+            let report = coordinator.stop();
+            assert_eq!(report[Counter::Accepted], 2);
+            assert_eq!(report[Counter::WorkersFailed], 1);
+            assert_eq!(
+                counts.joins.load(SeqCst),
+                1,
+                "only the woken worker is joined"
+            );
+            assert_eq!(counts.abandoned.load(SeqCst), 1);
+            assert_eq!(counts.wakers_dropped.load(SeqCst), 2);
+            // The process would end it; the model lets it end so every thread finishes.
+            flag.raise();
         });
     }
 }

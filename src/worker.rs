@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
-    AcceptOutcome, Action, Dispatcher, ReadOutcome, ResourceError, Settings, Token, WriteOutcome,
+    AcceptOutcome, Action, DeliveryOutcome, Dispatcher, ReadOutcome, ResourceError, Settings,
+    Token, WriteOutcome,
 };
 use crate::io::Io;
 use crate::report::Report;
@@ -24,6 +25,9 @@ pub(crate) struct Worker<I: Io> {
     stats: Option<Arc<WorkerStats>>,
     /// When the last accept-failure warning was logged; `None` also when warnings are off.
     warned: Warnings,
+    /// Test machinery: panic once this many connections were accepted.
+    #[cfg(feature = "sim")]
+    fail_after: Option<u64>,
 }
 
 /// Rate-limited warnings about failing accepts; off for simulated and fuzzed runs, whose injected
@@ -47,7 +51,16 @@ impl<I: Io> Worker<I> {
             } else {
                 Warnings::Off
             },
+            #[cfg(feature = "sim")]
+            fail_after: None,
         }
+    }
+
+    /// Test machinery: the worker panics once it has accepted `n` connections.
+    #[cfg(feature = "sim")]
+    pub fn failing_after(mut self, n: Option<u64>) -> Self {
+        self.fail_after = n;
+        self
     }
 
     /// Runs until woken for shutdown and drained. Returns the report; an error only when waiting
@@ -80,6 +93,14 @@ impl<I: Io> Worker<I> {
         if let Some(stats) = &self.stats {
             stats.publish(&self.core.report());
         }
+        #[cfg(feature = "sim")]
+        if let Some(n) = self.fail_after {
+            let accepted = self.core.report()[crate::report::Counter::Accepted];
+            assert!(
+                accepted < n,
+                "a failure planted by a test, after {n} accepts"
+            );
+        }
         Ok(self.core.is_finished())
     }
 
@@ -111,6 +132,16 @@ impl<I: Io> Worker<I> {
             Action::ShutdownWrite(token) => io.shutdown_write(core.socket(token)),
             Action::Close(sock) => io.close(sock),
             Action::CloseListener => io.close_listener(),
+            Action::CheckDelivery(token) => {
+                let held = io.unacked(core.socket(token));
+                core.handle_delivery(token, DeliveryOutcome::from_result(held));
+            }
+            Action::Abandon(sock) => {
+                let held = io.unacked(&sock);
+                io.close(sock);
+                core.handle_abandoned(DeliveryOutcome::from_result(held));
+            }
+            Action::CloseShell => io.close_shell(),
         }
     }
 

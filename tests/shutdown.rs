@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    config, connect, open_fds, payload, read_exact_chunked, read_to_eof, serial, start, stop,
-    within, write_chunked, write_until_stalled, Rng, IO_TIMEOUT,
+    config, connect, echoes, open_fds, payload, read_exact_chunked, read_to_eof, serial, start,
+    stop, within, write_chunked, write_until_stalled, Rng, IO_TIMEOUT,
 };
 use epoll_echo::{Counter, Report, Server, StartError};
 
@@ -181,9 +181,10 @@ fn stop_with_idle_and_busy_clients_closes_everything_it_opened() {
     assert_eq!(report[Counter::DeadlineCloses], 0, "{report}");
     assert_eq!(report[Counter::BytesWritten], echoed, "{report}");
     assert_eq!(report[Counter::BytesDropped], 0, "{report}");
-    // Listeners, epolls, wakers and connections: at least one of each per worker, plus clients.
-    assert!(
-        report[Counter::DescriptorsClosed] >= WORKERS as u64 + IDLE + BUSY,
+    // A listener, an epoll instance and a wake-up channel per worker, and every connection.
+    assert_eq!(
+        report[Counter::DescriptorsClosed],
+        3 * WORKERS as u64 + IDLE + BUSY,
         "{report}"
     );
     alone.end();
@@ -283,10 +284,10 @@ fn stop_right_after_start_never_loses_the_wake_up() {
     // Some of these stops come before the workers first reach epoll_wait.
     for _ in 0..20 {
         let report = stop(start(config(2)));
-        // Each worker closed its listener, and did nothing else.
+        // Each worker closed its listener, epoll instance and wake-up channel, and nothing else.
         for (counter, value) in report.iter() {
             let want = if counter == Counter::DescriptorsClosed {
-                2
+                6
             } else {
                 0
             };
@@ -340,5 +341,40 @@ fn an_invalid_config_is_refused_before_anything_opens() {
         Err(StartError::InvalidConfig(_))
     ));
     assert_eq!(worker_threads(), 0);
+    alone.end();
+}
+
+#[test]
+fn a_failed_worker_is_counted_keeps_its_last_counts_and_gives_back_its_slots() {
+    let alone = Alone::begin();
+    let mut server_config = config(2);
+    server_config.max_conns = Some(2);
+    // Worker 0 panics as soon as it has accepted one connection.
+    server_config.fail_worker = Some((0, 1));
+    let server = start(server_config);
+    let addr = server.local_addr();
+    // Connections go to either worker; the first that reaches worker 0 ends it.
+    for attempt in 0.. {
+        assert!(attempt < 500, "worker 0 never got a connection");
+        let mut c = connect(addr);
+        let _ = echoes(&mut c, b"probe");
+        drop(c);
+        if server.failed_workers() == 1 {
+            break;
+        }
+    }
+    // Its slot came back: worker 1 alone admits two connections at once.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        assert!(
+            echoes(c, b"after the failure"),
+            "connection {i} refused: a slot leaked"
+        );
+    }
+    drop(held);
+    let report = within("Server::stop", move || server.stop());
+    assert_eq!(report[Counter::WorkersFailed], 1, "{report}");
+    // Worker 0's last published counts are in the sum: the connection it accepted.
+    assert!(report[Counter::Accepted] >= 3, "{report}");
     alone.end();
 }

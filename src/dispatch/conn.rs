@@ -7,6 +7,9 @@ use super::Readiness;
 /// What the core knows of a connection's receive side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// Not read yet: the registration edge will say whether input waits. Only a read proves the
+    /// socket empty, which the stop needs before it closes.
+    Fresh,
     /// The last read found the socket empty: new input will raise a new edge.
     Drained,
     /// An edge came: input may be waiting. A short read means the socket is empty.
@@ -25,10 +28,26 @@ pub enum Output {
     Open,
     /// A write was short or would block: wait for the writable edge.
     Blocked,
-    /// Our FIN is sent (the stop): nothing more is written, input is only discarded.
-    Shut,
+    /// Our FIN is sent (the stop): nothing more is written, input is only discarded, and the
+    /// connection closes once the peer holds every byte.
+    Shut(Delivery),
     /// An error edge or outcome: the connection is closed at its next turn.
     Failed,
+}
+
+/// After our FIN: whether the kernel is to be asked if the peer holds every byte.
+///
+/// The question is asked when the check timer fires and the input last read empty. After a "yes"
+/// the input is read once more before the close: input that arrived since is read and discarded,
+/// so the close meets no unread input and sends no RST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Waiting for the check timer.
+    Pending,
+    /// The check timer fired: ask if the input is still empty.
+    Due,
+    /// The peer holds every byte: read what may have arrived, then close.
+    Delivered,
 }
 
 /// The next thing a connection needs, in priority order.
@@ -41,6 +60,8 @@ pub enum Step {
     ShutdownWrite,
     /// Read up to this many bytes.
     Read(usize),
+    /// Ask the kernel whether the peer acknowledged everything (the input reads empty).
+    CheckDelivery,
 }
 
 /// How much a read may take.
@@ -70,7 +91,7 @@ impl<S> Conn<S> {
         Conn {
             sock,
             pending: OutBuf::default(),
-            input: Input::Drained,
+            input: Input::Fresh,
             output: Output::Open,
             queued: false,
             last_active,
@@ -82,7 +103,7 @@ impl<S> Conn<S> {
         if self.input != Input::Ended {
             if r.read_closed || r.hangup {
                 self.input = Input::Exact;
-            } else if r.readable && self.input == Input::Drained {
+            } else if r.readable && matches!(self.input, Input::Fresh | Input::Drained) {
                 self.input = Input::Ready;
             }
         }
@@ -122,15 +143,22 @@ impl<S> Conn<S> {
         } else if self.input == Input::Ended {
             // Everything read was written back: closing sends FIN after it.
             return Some(Step::Close);
-        } else if stopping && self.output != Output::Shut {
+        } else if stopping && !matches!(self.output, Output::Shut(_)) {
             return Some(Step::ShutdownWrite);
         }
-        if !matches!(self.input, Input::Ready | Input::Exact) {
-            return None;
+        if let Output::Shut(delivery) = self.output {
+            // After our FIN input is read only to be discarded; once it reads empty, the kernel
+            // says whether the peer holds every byte.
+            return match (self.input, delivery) {
+                (Input::Fresh | Input::Ready | Input::Exact, _) => Some(Step::Read(room.scratch)),
+                (Input::Drained, Delivery::Due) => Some(Step::CheckDelivery),
+                (Input::Drained, Delivery::Delivered) => Some(Step::Close),
+                _ => None,
+            };
         }
-        if stopping {
-            // After the stop input is read only to be discarded, once our FIN is out.
-            return (self.output == Output::Shut).then_some(Step::Read(room.scratch));
+        if !matches!(self.input, Input::Ready | Input::Exact) || stopping {
+            // After the stop nothing is read for echo.
+            return None;
         }
         let free = room.cap - self.pending.len();
         (free > 0).then(|| Step::Read(free.min(room.scratch)))
@@ -150,6 +178,16 @@ mod tests {
     #[test]
     fn a_new_connection_waits_for_its_first_edge() {
         assert_eq!(conn().next_step(false, ROOM), None);
+    }
+
+    #[test]
+    fn after_the_stop_a_connection_never_read_is_read_before_its_delivery_is_checked() {
+        // Its input is unknown, and a close with unread input would send RST.
+        let mut c = conn();
+        c.output = Output::Shut(Delivery::Due);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_would_block();
+        assert_eq!(c.next_step(true, ROOM), Some(Step::CheckDelivery));
     }
 
     #[test]
@@ -218,9 +256,30 @@ mod tests {
         assert_eq!(c.next_step(true, ROOM), None, "no echo read after the stop");
         c.pending.consume(2);
         assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
-        c.output = Output::Shut;
+        c.output = Output::Shut(Delivery::Pending);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
         c.on_would_block();
-        assert_eq!(c.next_step(true, ROOM), None);
+        assert_eq!(c.next_step(true, ROOM), None, "wait for the check timer");
+        c.output = Output::Shut(Delivery::Due);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::CheckDelivery));
+        // Delivered: the input is read once more, then the connection closes.
+        c.output = Output::Shut(Delivery::Delivered);
+        c.input = Input::Ready;
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_would_block();
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Close));
+        c.output = Output::Shut(Delivery::Pending);
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::Read(5)),
+            "input is still discarded"
+        );
+        c.input = Input::Ended;
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::Close),
+            "the peer closed"
+        );
     }
 }

@@ -67,8 +67,17 @@ pub enum Action<S> {
     ShutdownWrite(Token),
     /// Close this connection's socket (dropping it is enough).
     Close(S),
-    /// Close the listening socket: the worker is stopping.
+    /// Close the listening socket: the worker is stopping and has accepted what was queued.
     CloseListener,
+    /// Ask the kernel how many bytes it still holds unsent or unacknowledged on this connection
+    /// (`SIOCOUTQ`, which after our FIN counts the FIN too); report with `handle_delivery`.
+    CheckDelivery(Token),
+    /// Close this connection without proof of delivery (drain deadline, idle timeout): first ask
+    /// the kernel what it still holds, as for `CheckDelivery`, then close; report with
+    /// `handle_abandoned`.
+    Abandon(S),
+    /// Close the worker's epoll instance and wake-up channel: the last action of a stop.
+    CloseShell,
 }
 
 /// Outcome of `accept4`.
@@ -131,6 +140,28 @@ impl ReadOutcome {
     }
 }
 
+/// Outcome of asking the kernel what it still holds of a connection's output (`SIOCOUTQ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Nothing: the peer acknowledged every byte (and our FIN, once sent).
+    Delivered,
+    /// This many bytes (counting our FIN, once sent) are unsent or unacknowledged.
+    Held(usize),
+    /// The kernel could not tell.
+    Unknown,
+}
+
+impl DeliveryOutcome {
+    /// Classifies a `SIOCOUTQ` result.
+    pub fn from_result(r: std::io::Result<usize>) -> Self {
+        match r {
+            Ok(0) => DeliveryOutcome::Delivered,
+            Ok(n) => DeliveryOutcome::Held(n),
+            Err(_) => DeliveryOutcome::Unknown,
+        }
+    }
+}
+
 impl WriteOutcome {
     /// Classifies a `write` result.
     pub fn from_result(r: std::io::Result<usize>) -> Self {
@@ -167,6 +198,29 @@ impl<S> AcceptOutcome<S> {
 mod tests {
     use super::*;
     use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn merged_edges_keep_every_flag_of_either() {
+        let flags = |r: Readiness| [r.readable, r.writable, r.read_closed, r.hangup, r.error];
+        let one = |i: usize| {
+            let mut f = [false; 5];
+            f[i] = true;
+            Readiness {
+                readable: f[0],
+                writable: f[1],
+                read_closed: f[2],
+                hangup: f[3],
+                error: f[4],
+            }
+        };
+        for i in 0..5 {
+            for j in 0..5 {
+                let merged = flags(one(i).or(one(j)));
+                let want: Vec<bool> = (0..5).map(|k| k == i || k == j).collect();
+                assert_eq!(merged.to_vec(), want, "{i} or {j}");
+            }
+        }
+    }
 
     #[test]
     fn read_results_are_classified() {

@@ -59,19 +59,19 @@ mod timers;
 mod tests;
 
 pub(crate) use interface::{
-    AcceptOutcome, Action, ReadOutcome, Readiness, ResourceError, WriteOutcome,
+    AcceptOutcome, Action, DeliveryOutcome, ReadOutcome, Readiness, ResourceError, WriteOutcome,
 };
 pub(crate) use limit::ConnLimit;
 pub(crate) use table::Token;
 #[cfg(any(test, feature = "sim"))]
-pub(crate) use timers::MAX_ACCEPT_BACKOFF;
+pub(crate) use timers::{MAX_ACCEPT_BACKOFF, MAX_DELIVERY_CHECK};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::report::{Counter, Report};
-use conn::{Conn, Input, Output, Room, Step};
+use conn::{Conn, Delivery, Input, Output, Room, Step};
 use idle::IdleClock;
 use limit::Lease;
 use scheduler::{Scheduler, Turn};
@@ -118,6 +118,12 @@ enum Op {
     Register(Token),
     Read(Token, usize),
     Write(Token, Source),
+    /// Ask whether the peer holds every byte.
+    Delivery(Token),
+    /// A close without proof of delivery; `fin_sent`: the kernel's count includes our FIN.
+    Abandon {
+        fin_sent: bool,
+    },
 }
 
 /// What a write sends.
@@ -136,6 +142,8 @@ impl Op {
             Op::Register(token) => Action::Register(token),
             Op::Read(token, len) => Action::Read { token, len },
             Op::Write(token, _) => Action::Write(token),
+            Op::Delivery(token) => Action::CheckDelivery(token),
+            Op::Abandon { .. } => unreachable!("an abandon is queued with its socket"),
         }
     }
 }
@@ -143,8 +151,9 @@ impl Op {
 /// What the core asks of the shell, in the order it asks.
 #[derive(Debug)]
 struct Outbox<S> {
-    /// Actions that need no outcome (closes, shutdowns), served first.
-    actions: VecDeque<Action<S>>,
+    /// Actions that carry a socket or need no outcome (closes, shutdowns), served first; an
+    /// abandon comes with the operation whose outcome it awaits.
+    actions: VecDeque<(Action<S>, Option<Op>)>,
     /// The operation to issue next, before the turn continues (a write after a read, a retry).
     next: Option<Op>,
     /// The operation issued and not yet reported.
@@ -160,7 +169,32 @@ enum Listener {
         backlog: bool,
         queued: bool,
     },
+    /// The stop came: accepting what the kernel already queued, so no handshake-completed client
+    /// is reset, then closing.
+    Draining {
+        queued: bool,
+    },
     Closed,
+}
+
+impl Listener {
+    /// The flag that says the listener is in the ready queue, while it can be.
+    fn queued_flag(&mut self) -> Option<&mut bool> {
+        match self {
+            Listener::Open { queued, .. } | Listener::Draining { queued } => Some(queued),
+            Listener::Closed => None,
+        }
+    }
+}
+
+/// Where the worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// The stop came: draining.
+    Stopping,
+    /// Every descriptor is closed or asked to be.
+    Done,
 }
 
 /// The event-dispatch state machine of one worker; `S` is the shell's socket type.
@@ -174,8 +208,7 @@ pub(crate) struct Dispatcher<S> {
     /// Present when an idle timeout is configured.
     idle: Option<IdleClock>,
     listener: Listener,
-    /// The stop began.
-    stopping: bool,
+    phase: Phase,
     outbox: Outbox<S>,
     scratch: Box<[u8]>,
     /// This worker's slots of the connection limit, if there is one.
@@ -203,7 +236,7 @@ impl<S> Dispatcher<S> {
                 backlog: false,
                 queued: false,
             },
-            stopping: false,
+            phase: Phase::Running,
             outbox: Outbox {
                 actions: VecDeque::new(),
                 next: None,
@@ -232,8 +265,9 @@ impl<S> Dispatcher<S> {
         }
     }
 
-    /// Advances the core's clock and fires the timers that are due: the accept back-off ends, idle
-    /// connections are closed, the drain deadline closes what remains.
+    /// Advances the core's clock and fires the timers that are due: the accept back-off ends,
+    /// idle connections are closed, peers are asked again about delivery, the drain deadline
+    /// closes what remains.
     pub fn handle_time(&mut self, now: Instant) {
         self.now = now;
         if self.timers.expired(Timer::AcceptRetry, now) {
@@ -244,6 +278,10 @@ impl<S> Dispatcher<S> {
         if self.timers.expired(Timer::IdleSweep, now) {
             self.close_idle();
         }
+        if self.timers.expired(Timer::DeliveryCheck, now) {
+            self.timers.clear(Timer::DeliveryCheck);
+            self.recheck_delivery();
+        }
         if self.timers.expired(Timer::DrainDeadline, now) {
             self.timers.clear(Timer::DrainDeadline);
             self.close_all_at_deadline();
@@ -252,46 +290,54 @@ impl<S> Dispatcher<S> {
 
     /// The wake-up came: begin the graceful shutdown. Idempotent.
     pub fn handle_stop(&mut self) {
-        if self.stopping {
+        if self.phase != Phase::Running {
             return;
         }
-        self.stopping = true;
+        self.phase = Phase::Stopping;
+        self.timers.clear(Timer::AcceptRetry);
+        if self.settings.drain_timeout.is_zero() {
+            // No time to serve anyone: what the kernel queued is reset with the listener.
+            self.close_listener();
+            self.close_all_at_deadline();
+            return;
+        }
         // A deadline beyond what time can express is no deadline.
         if let Some(deadline) = after(self.now, self.settings.drain_timeout) {
             self.timers.set(Timer::DrainDeadline, deadline);
         }
-        if self.listener != Listener::Closed {
-            self.listener = Listener::Closed;
-            self.timers.clear(Timer::AcceptRetry);
-            self.outbox.actions.push_back(Action::CloseListener);
-            self.counts.count(Counter::DescriptorsClosed);
+        if matches!(self.listener, Listener::Open { .. }) {
+            self.listener = Listener::Draining { queued: false };
+            self.queue_listener();
         }
         for token in self.conns.tokens() {
             self.queue_if_work(token);
-        }
-        if self.settings.drain_timeout.is_zero() {
-            self.close_all_at_deadline();
         }
     }
 
     /// Outcome of [`Action::Accept`]. Returns the new connection's token, if one was admitted.
     pub fn handle_accept(&mut self, outcome: AcceptOutcome<S>) -> Option<Token> {
         self.take_in_flight(Op::Accept);
+        let draining = matches!(self.listener, Listener::Draining { .. });
         match outcome {
             AcceptOutcome::Accepted(sock) => return self.admit(sock),
+            AcceptOutcome::WouldBlock if draining => self.close_listener(),
             AcceptOutcome::WouldBlock => {
                 if let Listener::Open { backlog, .. } = &mut self.listener {
                     *backlog = false;
                 }
             }
             AcceptOutcome::Interrupted | AcceptOutcome::Aborted => {}
-            AcceptOutcome::Exhausted(kind) => {
-                self.counts.count(exhausted_counter(kind));
-                self.timers.back_off_accepting(self.now);
-            }
-            AcceptOutcome::Failed => {
-                self.counts.count(Counter::AcceptFailed);
-                self.timers.back_off_accepting(self.now);
+            AcceptOutcome::Exhausted(_) | AcceptOutcome::Failed => {
+                self.counts.count(match outcome {
+                    AcceptOutcome::Exhausted(kind) => exhausted_counter(kind),
+                    _ => Counter::AcceptFailed,
+                });
+                if draining {
+                    // No descriptor for the rest of the queue: the kernel resets it.
+                    self.close_listener();
+                } else {
+                    self.timers.back_off_accepting(self.now);
+                }
             }
         }
         None
@@ -300,8 +346,44 @@ impl<S> Dispatcher<S> {
     /// Outcome of [`Action::Register`]; a connection that cannot be registered is closed.
     pub fn handle_register(&mut self, token: Token, registered: bool) {
         self.take_in_flight(Op::Register(token));
-        if !registered {
+        if registered {
+            // After the stop a new connection has work (our FIN) before any edge.
+            self.queue_if_work(token);
+        } else {
             self.close(token);
+        }
+    }
+
+    /// Outcome of [`Action::CheckDelivery`]: a connection whose peer holds every byte is closed
+    /// once its input reads empty; the others are asked about again later.
+    pub fn handle_delivery(&mut self, token: Token, outcome: DeliveryOutcome) {
+        self.take_in_flight(Op::Delivery(token));
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if outcome == DeliveryOutcome::Delivered {
+            // Input may have come since the last read: read it before the close.
+            conn.output = Output::Shut(Delivery::Delivered);
+            if conn.input != Input::Ended {
+                conn.input = Input::Ready;
+            }
+        } else {
+            conn.output = Output::Shut(Delivery::Pending);
+            self.timers.check_delivery_later(self.now);
+        }
+    }
+
+    /// Outcome of [`Action::Abandon`]: what the kernel still held is counted as written but never
+    /// acknowledged.
+    pub fn handle_abandoned(&mut self, outcome: DeliveryOutcome) {
+        let fin_sent = match self.outbox.in_flight.take() {
+            Some(Op::Abandon { fin_sent }) => fin_sent,
+            other => panic!("an abandon outcome while awaiting {other:?}"),
+        };
+        if let DeliveryOutcome::Held(n) = outcome {
+            // After our FIN the kernel counts it as one more byte.
+            let bytes = n.saturating_sub(usize::from(fin_sent));
+            self.counts.add(Counter::BytesUnacked, bytes as u64);
         }
     }
 
@@ -317,7 +399,7 @@ impl<S> Dispatcher<S> {
                 assert!(n > 0 && n <= asked, "read returned {n} of {asked} bytes");
                 conn.last_active = tick;
                 conn.on_data(n, asked);
-                if conn.output == Output::Shut {
+                if matches!(conn.output, Output::Shut(_)) {
                     self.counts.add(Counter::BytesDiscarded, n as u64);
                 } else if conn.pending.is_empty() && conn.output == Output::Open {
                     self.counts.add(Counter::BytesRead, n as u64);
@@ -333,6 +415,13 @@ impl<S> Dispatcher<S> {
             ReadOutcome::WouldBlock => conn.on_would_block(),
             ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
             ReadOutcome::Failed => conn.output = Output::Failed,
+        }
+        if matches!(conn.output, Output::Shut(Delivery::Pending | Delivery::Due))
+            && conn.input == Input::Drained
+        {
+            // Input after our FIN read empty: ask about delivery in a later turn.
+            conn.output = Output::Shut(Delivery::Pending);
+            self.timers.check_delivery_later(self.now);
         }
     }
 
@@ -393,7 +482,8 @@ impl<S> Dispatcher<S> {
             "poll_action before the last outcome was handled"
         );
         loop {
-            if let Some(action) = self.outbox.actions.pop_front() {
+            if let Some((action, op)) = self.outbox.actions.pop_front() {
+                self.outbox.in_flight = op;
                 return Some(action);
             }
             if let Some(op) = self.outbox.next.take() {
@@ -404,6 +494,16 @@ impl<S> Dispatcher<S> {
                 if !self.step(turn) {
                     self.end_turn(turn);
                 }
+                continue;
+            }
+            if self.phase == Phase::Stopping
+                && self.listener == Listener::Closed
+                && self.conns.len() == 0
+            {
+                // The last descriptors: the epoll instance and the wake-up channel.
+                self.phase = Phase::Done;
+                self.counts.add(Counter::DescriptorsClosed, 2);
+                self.outbox.actions.push_back((Action::CloseShell, None));
                 continue;
             }
             let token = self.scheduler.next_in_round()?;
@@ -420,10 +520,9 @@ impl<S> Dispatcher<S> {
         self.timers.next()
     }
 
-    /// True once shutdown completed: listener closed and every connection closed.
+    /// True once shutdown completed: every descriptor closed, the shell's last.
     pub fn is_finished(&self) -> bool {
-        self.stopping
-            && self.conns.len() == 0
+        self.phase == Phase::Done
             && self.outbox.actions.is_empty()
             && self.outbox.in_flight.is_none()
     }
@@ -431,7 +530,7 @@ impl<S> Dispatcher<S> {
     /// True once [`Dispatcher::handle_stop`] was called.
     #[cfg(test)]
     pub fn is_stopping(&self) -> bool {
-        self.stopping
+        self.phase != Phase::Running
     }
 
     /// Counters so far.
@@ -538,31 +637,74 @@ impl<S> Dispatcher<S> {
     }
 
     fn close(&mut self, token: Token) {
-        let Some(mut conn) = self.conns.remove(token) else {
-            return;
-        };
+        if let Some(sock) = self.remove(token) {
+            self.close_socket(sock);
+        }
+    }
+
+    /// Closes a connection without proof of delivery, measuring first what the kernel still holds.
+    fn abandon(&mut self, token: Token) {
+        let fin_sent = self
+            .conns
+            .get(token)
+            .is_some_and(|c| matches!(c.output, Output::Shut(_)));
+        if let Some(sock) = self.remove(token) {
+            let op = Op::Abandon { fin_sent };
+            self.outbox
+                .actions
+                .push_back((Action::Abandon(sock), Some(op)));
+            self.counts.count(Counter::DescriptorsClosed);
+        }
+    }
+
+    /// Takes a connection out of the table and counts its close; returns its socket.
+    fn remove(&mut self, token: Token) -> Option<S> {
+        let mut conn = self.conns.remove(token)?;
         self.counts.count(Counter::Closed);
         self.counts
             .add(Counter::BytesDropped, conn.pending.discard() as u64);
         if let Some(lease) = &mut self.lease {
             lease.release();
         }
-        self.close_socket(conn.sock);
         if self.timers.clear(Timer::AcceptRetry) {
-            // A descriptor was just freed: the accept that failed may succeed now.
+            // A descriptor is being freed: the accept that failed may succeed now.
             self.queue_listener();
         }
+        Some(conn.sock)
     }
 
     fn close_socket(&mut self, sock: S) {
-        self.outbox.actions.push_back(Action::Close(sock));
+        self.outbox.actions.push_back((Action::Close(sock), None));
         self.counts.count(Counter::DescriptorsClosed);
     }
 
+    /// Closes the listener (at the stop, once the queue is accepted or cannot be).
+    fn close_listener(&mut self) {
+        if self.listener != Listener::Closed {
+            self.listener = Listener::Closed;
+            self.outbox.actions.push_back((Action::CloseListener, None));
+            self.counts.count(Counter::DescriptorsClosed);
+        }
+    }
+
     fn close_all_at_deadline(&mut self) {
+        self.close_listener();
         for token in self.conns.tokens() {
             self.counts.count(Counter::DeadlineCloses);
-            self.close(token);
+            self.abandon(token);
+        }
+    }
+
+    /// The check timer fired: every connection still waiting for its peer's acknowledgement is
+    /// asked about again.
+    fn recheck_delivery(&mut self) {
+        for token in self.conns.tokens() {
+            if let Some(conn) = self.conns.get_mut(token) {
+                if conn.output == Output::Shut(Delivery::Pending) {
+                    conn.output = Output::Shut(Delivery::Due);
+                    self.queue_if_work(token);
+                }
+            }
         }
     }
 
@@ -576,7 +718,7 @@ impl<S> Dispatcher<S> {
                 .is_some_and(|c| clock.expired(c.last_active, self.now));
             if silent {
                 self.counts.count(Counter::IdleCloses);
-                self.close(token);
+                self.abandon(token);
             }
         }
         match after(self.now, clock.period()).filter(|_| self.conns.len() > 0) {
@@ -588,7 +730,7 @@ impl<S> Dispatcher<S> {
     }
 
     fn queue_if_work(&mut self, token: Token) {
-        let (stopping, room) = (self.stopping, self.room());
+        let (stopping, room) = (self.phase != Phase::Running, self.room());
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -599,7 +741,7 @@ impl<S> Dispatcher<S> {
     }
 
     fn queue_listener(&mut self) {
-        if let Listener::Open { queued, .. } = &mut self.listener {
+        if let Some(queued) = self.listener.queued_flag() {
             if !*queued {
                 *queued = true;
                 self.scheduler.push(Token::LISTENER);
@@ -607,10 +749,14 @@ impl<S> Dispatcher<S> {
         }
     }
 
-    /// The listener has a connection to accept and is not backing off.
+    /// The listener has a connection to accept and is not backing off; while draining, it
+    /// accepts until the queue is empty.
     fn listener_can_accept(&self) -> bool {
-        matches!(self.listener, Listener::Open { backlog: true, .. })
-            && !self.timers.is_set(Timer::AcceptRetry)
+        match self.listener {
+            Listener::Open { backlog, .. } => backlog && !self.timers.is_set(Timer::AcceptRetry),
+            Listener::Draining { .. } => true,
+            Listener::Closed => false,
+        }
     }
 
     fn begin_turn(&mut self, token: Token) {
@@ -633,7 +779,7 @@ impl<S> Dispatcher<S> {
         match turn {
             Turn::Listener { .. } => {
                 let again = self.listener_can_accept();
-                if let Listener::Open { queued, .. } = &mut self.listener {
+                if let Some(queued) = self.listener.queued_flag() {
                     *queued = again;
                 }
                 if again {
@@ -641,7 +787,7 @@ impl<S> Dispatcher<S> {
                 }
             }
             Turn::Conn { token, .. } => {
-                let (stopping, room) = (self.stopping, self.room());
+                let (stopping, room) = (self.phase != Phase::Running, self.room());
                 let Some(conn) = self.conns.get_mut(token) else {
                     return;
                 };
@@ -671,7 +817,7 @@ impl<S> Dispatcher<S> {
     }
 
     fn step_conn(&mut self, token: Token, reads_left: u32) -> bool {
-        let (stopping, room) = (self.stopping, self.room());
+        let (stopping, room) = (self.phase != Phase::Running, self.room());
         let Some(conn) = self.conns.get_mut(token) else {
             return false;
         };
@@ -686,8 +832,16 @@ impl<S> Dispatcher<S> {
                 true
             }
             Some(Step::ShutdownWrite) => {
-                conn.output = Output::Shut;
-                self.outbox.actions.push_back(Action::ShutdownWrite(token));
+                // Our FIN cannot be acknowledged at once: the first check comes with the timer.
+                conn.output = Output::Shut(Delivery::Pending);
+                self.timers.check_delivery_later(self.now);
+                self.outbox
+                    .actions
+                    .push_back((Action::ShutdownWrite(token), None));
+                true
+            }
+            Some(Step::CheckDelivery) => {
+                self.outbox.next = Some(Op::Delivery(token));
                 true
             }
             Some(Step::Read(_)) if reads_left == 0 => false,

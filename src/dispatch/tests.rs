@@ -157,6 +157,35 @@ impl Shell {
         assert_eq!(self.d.handle_accept(outcome), None);
     }
 
+    /// After the stop: the listener finds its queue empty, then closes.
+    fn drain_backlog(&mut self) {
+        expect!(self, Action::Accept);
+        assert_eq!(self.d.handle_accept(AcceptOutcome::WouldBlock), None);
+        assert_eq!(self.d.poll_action(), Some(Action::CloseListener));
+    }
+
+    /// After the stop: every connection's peer holds everything; runs the checks to the end.
+    fn deliver_all(&mut self) {
+        for _ in 0..100 {
+            match self.d.poll_action() {
+                Some(Action::CheckDelivery(t)) => {
+                    self.d.handle_delivery(t, DeliveryOutcome::Delivered)
+                }
+                Some(Action::Read { token, .. }) => {
+                    self.d.handle_read(token, ReadOutcome::WouldBlock)
+                }
+                Some(Action::Close(_) | Action::CloseShell) => {}
+                None if self.d.is_finished() => return,
+                None => {
+                    let wait = self.timeout_in().expect("a check is scheduled");
+                    self.advance(wait);
+                }
+                Some(other) => panic!("expected a delivery check, got {other:?}"),
+            }
+        }
+        panic!("the stop never finished");
+    }
+
     /// The values of these counters, in this order.
     fn counts<const N: usize>(&self, which: [Counter; N]) -> [u64; N] {
         let report = self.d.report();
@@ -724,10 +753,13 @@ fn every_descriptor_the_core_closes_is_counted() {
     let c = s.open();
     s.event(c, ERROR);
     s.expect_close();
+    s.idle();
     s.d.handle_stop();
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.drain_backlog();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     let r = s.d.report();
-    assert_eq!(r[Counter::DescriptorsClosed], 2, "{r}");
+    // The connection, the listener, the epoll instance and the wake-up channel.
+    assert_eq!(r[Counter::DescriptorsClosed], 4, "{r}");
 }
 
 // ----- tokens -----
@@ -760,21 +792,33 @@ fn stale_tokens_are_ignored_after_slot_reuse() {
 // ----- shutdown (DESIGN 9, 10) -----
 
 #[test]
-fn stop_closes_the_listener_and_accepts_nothing_more() {
+fn stop_accepts_what_is_queued_then_closes_the_listener() {
     let mut s = Shell::new(small());
-    s.event(Token::LISTENER, READABLE);
-    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::Buffers));
-    s.idle();
     s.d.handle_stop();
+    // Handshakes the kernel completed wait in the queue: accept them rather than have them reset.
+    expect!(s, Action::Accept);
+    let late = s.accepted();
+    s.accept_fails(AcceptOutcome::WouldBlock);
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.idle();
+    // The late connection gets the stop's treatment: our FIN, then its input is read.
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(late)));
+    assert_eq!(s.expect_read(late), 8);
+    s.give(late, b"req");
+    s.expect_read(late);
+    s.d.handle_read(late, ReadOutcome::WouldBlock);
     s.idle();
     s.event(Token::LISTENER, READABLE);
     s.advance(MAX_ACCEPT_BACKOFF);
-    s.idle();
-    // No connections: the worker is done at once.
-    assert!(s.d.is_finished());
-    s.d.handle_stop();
-    s.idle();
+    s.deliver_all();
+    let r = s.d.report();
+    assert_eq!(
+        s.counts([Counter::Accepted, Counter::BytesDiscarded]),
+        [1, 3]
+    );
+    assert_eq!(r[Counter::DeadlineCloses], 0, "{r}");
+    // Listener, connection, epoll and waker.
+    assert_eq!(r[Counter::DescriptorsClosed], 4, "{r}");
 }
 
 #[test]
@@ -786,7 +830,7 @@ fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_eof() {
     s.write(c, b"abcd", 2);
     s.idle();
     s.d.handle_stop();
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.drain_backlog();
     // New input is not echoed: nothing to do until the pending output can go.
     s.event(c, READABLE);
     s.idle();
@@ -803,9 +847,9 @@ fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_eof() {
     s.expect_read(c);
     s.d.handle_read(c, ReadOutcome::Eof);
     s.expect_close();
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     s.idle();
     assert!(s.d.is_finished());
-    let r = s.d.report();
     assert_eq!(
         s.counts([Counter::BytesRead, Counter::BytesWritten]),
         [4, 4]
@@ -814,58 +858,113 @@ fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_eof() {
         s.counts([Counter::BytesDiscarded, Counter::DeadlineCloses]),
         [10, 0]
     );
-    assert!(r.balances());
+    assert!(s.d.report().balances());
 }
 
 #[test]
-fn stop_shuts_idle_connections_at_once() {
+fn stop_closes_a_connection_once_its_peer_holds_every_byte() {
     let mut s = Shell::new(small());
     let c = s.open();
     s.d.handle_stop();
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.drain_backlog();
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    s.idle();
-    // The peer closes after reading our FIN.
-    s.event(c, RDHUP);
+    // Never read yet: its input must read empty before a close can be clean.
     s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::Eof);
-    s.expect_close();
-    assert!(s.d.is_finished());
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+    // No event announces the last acknowledgement: the core asks, soon, then less often.
+    assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.d.poll_action(), Some(Action::CheckDelivery(c)));
+    // Our FIN is still in flight.
+    s.d.handle_delivery(c, DeliveryOutcome::Held(1));
+    s.idle();
+    assert_eq!(s.timeout_in(), Some(Duration::from_millis(2)));
+    s.advance(Duration::from_millis(2));
+    assert_eq!(s.d.poll_action(), Some(Action::CheckDelivery(c)));
+    s.d.handle_delivery(c, DeliveryOutcome::Delivered);
+    // Whatever came since the last read is read and discarded, so the close sends no RST.
+    s.read(c, b"bye");
+    assert_eq!(s.expect_close(), 1);
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
+    assert!(s.d.is_finished(), "long before the drain deadline");
+    assert_eq!(s.d.report()[Counter::DeadlineCloses], 0);
 }
 
 #[test]
-fn drain_deadline_closes_what_remains_and_counts_it_dropped() {
+fn input_that_arrives_before_the_check_is_read_before_the_close() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.d.handle_stop();
+    s.drain_backlog();
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+    // Data arrives just after the read; its edge comes with the wait before the check.
+    s.event(c, READABLE);
+    s.advance(Duration::from_millis(1));
+    // A short read: the input is empty again, and discarded.
+    s.read(c, b"late");
+    // The check waits for a later turn again.
+    s.idle();
+    s.advance(Duration::from_millis(2));
+    assert_eq!(s.d.poll_action(), Some(Action::CheckDelivery(c)));
+}
+
+#[test]
+fn drain_deadline_abandons_what_remains_and_counts_it() {
     let mut s = Shell::new(small());
     let stuck = s.open();
     let silent = s.open();
     s.event(stuck, READABLE);
-    s.read(stuck, b"abc");
-    s.write(stuck, b"abc", 0);
+    s.read(stuck, b"abcdef");
+    s.write(stuck, b"abcdef", 3);
     s.idle();
     s.d.handle_stop();
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.drain_backlog();
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(silent)));
+    s.expect_read(silent);
+    s.d.handle_read(silent, ReadOutcome::WouldBlock);
     s.idle();
-    assert_eq!(s.timeout_in(), Some(Duration::from_secs(1)));
-    s.advance(Duration::from_millis(999));
-    s.idle();
-    assert!(!s.d.is_finished());
-    s.advance(Duration::from_millis(1));
-    let mut closed = [s.expect_close(), s.expect_close()];
-    closed.sort();
-    assert_eq!(closed, [1, 2]);
-    s.idle();
+    // Until the deadline: the silent peer never acknowledges our FIN.
+    let deadline = s.now + Duration::from_secs(1);
+    while s.d.poll_timeout() < Some(deadline) {
+        let wait = s.timeout_in().expect("a check or the deadline");
+        s.advance(wait);
+        assert_eq!(s.d.poll_action(), Some(Action::CheckDelivery(silent)));
+        s.d.handle_delivery(silent, DeliveryOutcome::Held(1));
+        s.idle();
+        assert!(!s.d.is_finished());
+    }
+    s.advance(s.timeout_in().expect("the deadline"));
+    // Measured just before the close: 2 of stuck's 3 written bytes never acknowledged; silent's
+    // kernel holds only our FIN.
+    let mut held = [(1, 2), (2, 1)]
+        .into_iter()
+        .collect::<std::collections::HashMap<u32, usize>>();
+    for _ in 0..2 {
+        match s.d.poll_action() {
+            Some(Action::Abandon(sock)) => {
+                let n = held.remove(&sock).expect("each abandoned once");
+                s.d.handle_abandoned(DeliveryOutcome::Held(n));
+            }
+            other => panic!("expected an abandon, got {other:?}"),
+        }
+    }
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     assert!(s.d.is_finished());
-    let r = s.d.report();
     assert_eq!(
         s.counts([
             Counter::DeadlineCloses,
             Counter::BytesDropped,
-            Counter::Closed
+            Counter::BytesUnacked
         ]),
         [2, 3, 2]
     );
-    assert!(r.balances());
+    let r = s.d.report();
+    assert_eq!(r.derived(Derived::BytesDelivered), 1);
+    assert!(r.balances(), "{r}");
 }
 
 #[test]
@@ -881,10 +980,14 @@ fn zero_drain_timeout_closes_everything_on_stop() {
     s.idle();
     s.d.handle_stop();
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
-    s.expect_close();
-    s.idle();
+    expect!(s, Action::Abandon(_));
+    s.d.handle_abandoned(DeliveryOutcome::Held(1));
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     assert!(s.d.is_finished());
-    assert_eq!(s.d.report()[Counter::BytesDropped], 1);
+    assert_eq!(
+        s.counts([Counter::BytesDropped, Counter::BytesUnacked]),
+        [1, 1]
+    );
 }
 
 #[test]
@@ -895,12 +998,17 @@ fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     s.idle();
     s.d.handle_stop();
+    // Still out of descriptors: what remains queued cannot be accepted.
+    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
     s.idle();
     s.event(c, ERROR);
     s.expect_close();
     // The freed descriptor must not bring the closed listener back.
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     s.idle();
     assert!(s.d.is_finished());
 }
@@ -911,28 +1019,41 @@ fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
 fn poll_timeout_is_the_earliest_timer_or_now_when_work_is_queued() {
     let mut s = Shell::new(small());
     assert_eq!(s.d.poll_timeout(), None, "idle: wait for events only");
+    let c = s.open();
     s.event(Token::LISTENER, READABLE);
     assert_eq!(s.d.poll_timeout(), Some(s.now), "queued work");
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     s.idle();
     assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
     s.d.handle_stop();
-    // Stop drops the back-off; the drain deadline remains.
-    assert_eq!(s.d.poll_timeout(), Some(s.now), "close listener queued");
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
-    assert_eq!(s.timeout_in(), Some(Duration::from_secs(1)));
+    // Stop drops the back-off and accepts the queue first.
+    assert_eq!(
+        s.d.poll_timeout(),
+        Some(s.now),
+        "the queue is accepted first"
+    );
+    s.drain_backlog();
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+    // The delivery check comes before the drain deadline.
+    assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
 }
 
 #[test]
-fn is_finished_only_after_stop() {
+fn is_finished_only_after_stop_and_the_shell_closed() {
     let mut s = Shell::new(small());
     assert!(!s.d.is_finished());
     assert!(!s.d.is_stopping());
     s.d.handle_stop();
     assert!(s.d.is_stopping());
-    assert!(!s.d.is_finished(), "CloseListener not yet performed");
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    s.drain_backlog();
+    assert!(!s.d.is_finished(), "the shell is not closed yet");
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     assert!(s.d.is_finished());
+    // The listener, the epoll instance and the wake-up channel.
+    assert_eq!(s.d.report()[Counter::DescriptorsClosed], 3);
 }
 
 // ----- misuse by the shell is a bug, not an outcome -----

@@ -19,7 +19,7 @@ use super::faults::{Fault, Faults};
 use super::link::{Break, Link, Stage};
 use super::trace::{logged, Ev, Nanos, Trace};
 use super::Readiness;
-use crate::dispatch::{Settings, Token};
+use crate::dispatch::{Settings, Token, MAX_DELIVERY_CHECK};
 use crate::io::Io;
 use crate::report::{Counter, Report};
 
@@ -107,11 +107,15 @@ struct Listener {
     cap: usize,
     /// When the worker last called `accept`.
     last_accept: Option<Nanos>,
+    /// The last accept failed for lack of descriptors: the backlog cannot be drained.
+    exhausted: bool,
 }
 
 /// What the worker did lately, for liveness checks.
 #[derive(Debug, Default)]
 struct Activity {
+    /// When the worker's previous wait returned, and its latest.
+    waits: (Option<Nanos>, Option<Nanos>),
     /// Bumped by every operation that changes what a client or the worker sees.
     progress: u64,
     ops_since_wait: usize,
@@ -127,6 +131,8 @@ struct Epoll {
     waker: bool,
     /// Tokens of closed connections, for stale events.
     closed: Vec<Token>,
+    /// The worker closed its epoll instance and wake-up channel.
+    shut: bool,
 }
 
 /// The simulated kernel of one worker. `E` chooses every fault and, for the layer driving the
@@ -161,6 +167,7 @@ impl<E: Entropy> Kernel<E> {
                 backlog: VecDeque::new(),
                 cap: setup.backlog_cap.max(1),
                 last_accept: None,
+                exhausted: false,
             },
             setup,
             links: Vec::new(),
@@ -312,6 +319,7 @@ impl<E: Entropy> Kernel<E> {
 
     fn touch(&mut self, link: usize) {
         self.activity.touched.push(link);
+        self.links[link].last_active = self.now();
         self.bump();
     }
 
@@ -364,6 +372,7 @@ impl<E: Entropy> Kernel<E> {
     pub fn deliver(&mut self, deadline: Option<Nanos>, mut on_event: impl FnMut(Token, Readiness)) {
         self.counts.waits += 1;
         self.activity.ops_since_wait = 0;
+        self.activity.waits = (self.activity.waits.1, Some(self.now()));
         if self.fault(Fault::WaitEintr) {
             self.note(Ev::WaitEintr);
             return;
@@ -433,6 +442,8 @@ impl<E: Entropy> Kernel<E> {
         self.op();
         self.listener.last_accept = Some(self.now());
         let r = self.accept_inner();
+        let code = r.as_ref().err().and_then(io::Error::raw_os_error);
+        self.listener.exhausted = matches!(code, Some(libc::EMFILE | libc::ENFILE));
         let got = logged(&r, |s| s.0);
         self.note(Ev::Accept(got));
         r
@@ -442,9 +453,6 @@ impl<E: Entropy> Kernel<E> {
         if !self.listener.open {
             self.violate(Rule::ClosedOp, "accept on the closed listener".into());
             return errno(libc::EBADF);
-        }
-        if self.stop_at.is_some() {
-            self.violate(Rule::Stop, "accept after the stop".into());
         }
         if self.fault(Fault::AcceptEintr) {
             return errno(libc::EINTR);
@@ -693,13 +701,28 @@ impl<E: Entropy> Kernel<E> {
             unread,
             deadline,
         });
+        if deadline {
+            self.check_not_held_for_nothing(link);
+        }
         let l = &mut self.links[link];
         l.stage = Stage::Closed;
         l.audit.deadline_close = deadline;
+        l.audit.unacked_at_close = l.down.queue.len() as u64;
         l.audit.closed_before_stop = !stopped;
         if l.token.is_none() && l.excluded.is_none() {
             // Closed before it was registered: the connection limit turned it away.
             l.excluded = Some("closed before registration");
+        }
+        // Input whose edge the worker has not been given yet arrived after its last look: every
+        // close races such a late arrival, and the race is the peer's to lose.
+        let raced = l.token.is_some_and(|t| {
+            self.epoll
+                .ready
+                .iter()
+                .any(|(rt, r)| *rt == t && r.readable)
+        });
+        if raced && unread > 0 && l.excluded.is_none() && !deadline {
+            l.excluded = Some("input arrived just before the close");
         }
         let excused = deadline || l.excluded.is_some();
         self.open_fds -= 1;
@@ -736,6 +759,14 @@ impl<E: Entropy> Kernel<E> {
         self.listener.open = false;
         self.counts.closes += 1;
         self.epoll.ready.retain(|(t, _)| *t != Token::LISTENER);
+        let waiting = self.listener.backlog.len();
+        let excused = self.listener.exhausted || self.past_deadline() || self.setup.drain.is_zero();
+        if waiting > 0 && !excused {
+            self.violate(
+                Rule::Stop,
+                format!("the listener closed with {waiting} connection(s) queued: they are reset"),
+            );
+        }
         // Connections still in the backlog are reset by the kernel.
         while let Some(link) = self.listener.backlog.pop_front() {
             let l = &mut self.links[link];
@@ -748,6 +779,63 @@ impl<E: Entropy> Kernel<E> {
     pub fn clear_wake(&mut self) {
         assert!(self.epoll.waker, "clear_wake without a wake-up");
         self.epoll.waker = false;
+    }
+
+    /// `SIOCOUTQ`: what the server's kernel still holds of the output, unacknowledged, counting our
+    /// FIN until the peer has read everything before it. A peer acknowledges as it reads.
+    pub fn unacked(&mut self, sock: &SimSocket) -> io::Result<usize> {
+        self.op();
+        let Some(link) = self.live(sock, "unacked") else {
+            return errno(libc::EBADF);
+        };
+        let l = &self.links[link];
+        let held = l.down.queue.len() + usize::from(l.write_shut && !l.down.queue.is_empty());
+        self.note(Ev::Unacked(link, held));
+        Ok(held)
+    }
+
+    /// The worker closes its epoll instance and wake-up channel: its last operation.
+    pub fn close_shell(&mut self) {
+        self.op();
+        self.note(Ev::CloseShell);
+        let open = self.links.iter().filter(|l| l.is_open()).count();
+        if self.epoll.shut || self.listener.open || open > 0 {
+            let what = format!(
+                "the shell closed again or before everything else (listener open: {}, {open} sockets open)",
+                self.listener.open
+            );
+            self.violate(Rule::ClosedOp, what);
+        }
+        self.epoll.shut = true;
+        self.counts.closes += 2;
+    }
+
+    /// A connection closed at the drain deadline must not be one whose peer had held every byte for
+    /// a while: the stop waits for delivery, not for the peer to close.
+    fn check_not_held_for_nothing(&mut self, link: usize) {
+        let l = &self.links[link];
+        let held_all = l.write_shut
+            && l.broken == Break::Intact
+            && l.down.queue.is_empty()
+            && l.up.queued() == 0;
+        // The worker must have woken at least once, a grace period after the peer held it all,
+        // and still not closed it (a model test may let virtual time jump with no turn between).
+        let grace = 2 * MAX_DELIVERY_CHECK.as_nanos() as Nanos;
+        let woke_after_grace = self
+            .activity
+            .waits
+            .0
+            .is_some_and(|w| w >= l.last_active + grace);
+        let quiet = self.now() - l.last_active;
+        if held_all && woke_after_grace {
+            self.violate(
+                Rule::Stop,
+                format!(
+                    "socket {link} closed at the drain deadline though its peer had held every byte for {}us",
+                    quiet / 1_000
+                ),
+            );
+        }
     }
 
     /// A reset that a read or write runs into (injected).
@@ -803,6 +891,7 @@ impl<E: Entropy> Kernel<E> {
         let (bytes, r) = self.links[link].recv(max);
         if !bytes.is_empty() {
             self.note(Ev::ClientRecv(link, bytes.len()));
+            self.links[link].last_active = self.now();
             self.bump();
         }
         self.edge(link, r);
@@ -830,6 +919,7 @@ impl<E: Entropy> Kernel<E> {
     /// A client acts on its end of `link`; the server's socket gets the edge the act raises.
     fn client_act(&mut self, link: usize, ev: Ev, act: impl FnOnce(&mut Link) -> Readiness) {
         let r = act(&mut self.links[link]);
+        self.links[link].last_active = self.now();
         self.note(ev);
         self.edge(link, r);
         self.bump();
@@ -872,6 +962,12 @@ impl<E: Entropy> Kernel<E> {
                 "bytes_discarded",
                 report[Counter::BytesDiscarded],
                 sum(|l| l.audit.discarded),
+            ),
+            (
+                "bytes_unacked",
+                report[Counter::BytesUnacked],
+                // The layers that audit run without an idle timeout: only the deadline abandons.
+                sum(|l| l.audit.unacked_at_close * u64::from(l.audit.deadline_close)),
             ),
             (
                 "deadline_closes",
@@ -990,6 +1086,14 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
 
     fn close_listener(&mut self) {
         self.kernel.close_listener();
+    }
+
+    fn unacked(&mut self, sock: &SimSocket) -> io::Result<usize> {
+        self.kernel.unacked(sock)
+    }
+
+    fn close_shell(&mut self) {
+        self.kernel.close_shell();
     }
 
     fn clear_wake(&mut self) {

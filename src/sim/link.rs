@@ -98,6 +98,8 @@ pub struct Audit {
     pub deadline_close: bool,
     /// The server's close sent RST (it closed with input unread).
     pub reset_by_server: bool,
+    /// Bytes the peer had not acknowledged when the server closed.
+    pub unacked_at_close: u64,
 }
 
 /// One connection.
@@ -113,6 +115,8 @@ pub struct Link {
     pub audit: Audit,
     /// Why the end-of-run echo checks do not apply, if they do not.
     pub excluded: Option<&'static str>,
+    /// When a byte last moved on it, either way, or it was opened.
+    pub last_active: u64,
 }
 
 impl Link {
@@ -133,6 +137,7 @@ impl Link {
             write_shut: false,
             audit: Audit::default(),
             excluded: None,
+            last_active: 0,
         }
     }
 

@@ -262,7 +262,11 @@ impl Network {
                     k.note(Ev::ClientPause(link, len));
                 }
             } else if k.client_eof(link) {
-                self.client_close(k, c, link);
+                if self.clients[c].spec.finish == Finish::Linger {
+                    self.done(c);
+                } else {
+                    self.client_close(k, c, link);
+                }
                 return;
             }
         }

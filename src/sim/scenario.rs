@@ -21,6 +21,9 @@ pub enum Finish {
     CloseAfterEcho,
     /// Keep the connection open until the server's FIN (at stop), then close.
     KeepOpen,
+    /// Read the server's FIN and keep the connection open anyway (connection pools, health
+    /// checks): the stop must close it once it holds every byte, not wait for the deadline.
+    Linger,
     /// Abort with RST once this many bytes were sent.
     Reset { after: usize },
 }
@@ -122,7 +125,8 @@ fn client(e: &mut impl Entropy, payload: Option<&[u8]>) -> ClientSpec {
     let finish = match e.below(20) {
         0..=7 => Finish::HalfClose,
         8..=12 => Finish::CloseAfterEcho,
-        13..=16 => Finish::KeepOpen,
+        13..=14 => Finish::KeepOpen,
+        15..=16 => Finish::Linger,
         _ => Finish::Reset {
             after: e.below(payload.len() as u64 + 1) as usize,
         },

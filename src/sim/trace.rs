@@ -43,6 +43,8 @@ pub enum Ev {
         deadline: bool,
     },
     CloseListener,
+    Unacked(usize, usize),
+    CloseShell,
     ClientSend(usize, usize),
     ClientFin(usize),
     ClientRecv(usize, usize),

@@ -8,7 +8,7 @@ mod socket;
 mod waker;
 
 pub(crate) use shell::EpollShell;
-pub(crate) use socket::bind_listener;
+pub(crate) use socket::{bind_listener, Claim};
 pub(crate) use waker::Waker;
 
 /// Calls a libc function and turns its `-1` return into `io::Error::last_os_error()`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::epoll::{Epoll, Events, Interest};
-use super::socket::{accept, read, shutdown_write, write};
+use super::socket::{accept, read, shutdown_write, unacked, write};
 use super::Waker;
 use crate::dispatch::{Readiness, Token};
 use crate::io::Io;
@@ -16,10 +16,10 @@ const EVENTS_PER_WAIT: usize = 1024;
 
 /// A worker's descriptors. Dropping it closes the epoll instance (and the listener, if still open).
 pub(crate) struct EpollShell {
-    epoll: Epoll,
+    /// The epoll instance and the worker's share of its wake-up channel, until the stop ends.
+    epoll: Option<(Epoll, Arc<Waker>)>,
     events: Events,
     listener: Option<OwnedFd>,
-    waker: Arc<Waker>,
 }
 
 impl EpollShell {
@@ -29,10 +29,9 @@ impl EpollShell {
         epoll.add(listener.as_fd(), Token::LISTENER, Interest::ReadEdge)?;
         epoll.add(waker.as_fd(), Token::WAKER, Interest::ReadEdge)?;
         Ok(EpollShell {
-            epoll,
+            epoll: Some((epoll, waker)),
             events: Events::with_capacity(EVENTS_PER_WAIT),
             listener: Some(listener),
-            waker,
         })
     }
 }
@@ -49,8 +48,11 @@ impl Io for EpollShell {
         deadline: Option<Instant>,
         mut on_event: impl FnMut(Token, Readiness),
     ) -> io::Result<()> {
+        let Some((epoll, _)) = &self.epoll else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        self.epoll.wait(&mut self.events, timeout)?;
+        epoll.wait(&mut self.events, timeout)?;
         for (token, readiness) in self.events.iter() {
             on_event(token, readiness);
         }
@@ -65,7 +67,10 @@ impl Io for EpollShell {
     }
 
     fn register(&mut self, sock: &OwnedFd, token: Token) -> io::Result<()> {
-        self.epoll.add(sock.as_fd(), token, Interest::ConnEdge)
+        match &self.epoll {
+            Some((epoll, _)) => epoll.add(sock.as_fd(), token, Interest::ConnEdge),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
     }
 
     fn read(&mut self, sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -91,6 +96,17 @@ impl Io for EpollShell {
     }
 
     fn clear_wake(&mut self) {
-        self.waker.drain();
+        if let Some((_, waker)) = &self.epoll {
+            waker.drain();
+        }
+    }
+
+    fn unacked(&mut self, sock: &OwnedFd) -> io::Result<usize> {
+        unacked(sock.as_fd())
+    }
+
+    fn close_shell(&mut self) {
+        // The wake-up channel closes once the stopper lets go of its share too.
+        self.epoll = None;
     }
 }

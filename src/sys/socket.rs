@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
@@ -10,9 +10,22 @@ use super::syscall;
 /// Pending connections the kernel may queue per listener.
 const BACKLOG: libc::c_int = 1024;
 
-/// A non-blocking, close-on-exec TCP listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so
-/// that every worker can bind its own listener to the same port.
-pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// How a listener takes its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The server's first listener: bound without `SO_REUSEPORT`, so the bind fails while any other
+    /// socket listens on the address (however it was bound), then opened to the server's other
+    /// listeners by enabling `SO_REUSEPORT` before `listen`.
+    First,
+    /// A listener joining one already bound with `SO_REUSEPORT` (the server's own, or, when
+    /// sharing is asked for, another process's).
+    Share,
+}
+
+/// A non-blocking, close-on-exec TCP listener on `addr` with `SO_REUSEADDR` and, once bound,
+/// `SO_REUSEPORT`, so that every worker can bind its own listener to the same port. An IPv6
+/// wildcard address serves IPv4 too (`IPV6_V6ONLY` off).
+pub(crate) fn bind_listener(addr: SocketAddr, claim: Claim) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -25,8 +38,13 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
     ))?;
     // SAFETY: socket just returned this descriptor and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
-    set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
+    set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, true)?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        set_flag(&sock, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, false)?;
+    }
+    if claim == Claim::Share {
+        set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
+    }
     let (storage, len) = sockaddr_of(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the family of the socket.
     syscall!(bind(
@@ -34,6 +52,9 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
         (&storage as *const libc::sockaddr_storage).cast(),
         len
     ))?;
+    if claim == Claim::First {
+        set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
+    }
     // SAFETY: listen on a bound socket we own.
     syscall!(listen(sock.as_raw_fd(), BACKLOG))?;
     Ok(sock)
@@ -53,7 +74,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: accept4 just returned this descriptor and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // Best effort: a connection without it still echoes correctly.
-    let _ = set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY);
+    let _ = set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
     Ok(sock)
 }
 
@@ -74,13 +95,26 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map(|n| n as usize)
 }
 
+/// Bytes of the connection's output the kernel holds unsent or unacknowledged, our FIN counted once
+/// sent (`SIOCOUTQ`, which Linux defines as `TIOCOUTQ`).
+pub(crate) fn unacked(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut held: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points to a live c_int.
+    syscall!(ioctl(
+        fd.as_raw_fd(),
+        libc::TIOCOUTQ,
+        &mut held as *mut libc::c_int
+    ))?;
+    Ok(usize::try_from(held).unwrap_or(0))
+}
+
 pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: shutdown takes no pointers and the descriptor is borrowed, so open.
     syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR)).map(drop)
 }
 
-fn set_flag(sock: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
+fn set_flag(sock: &OwnedFd, level: libc::c_int, name: libc::c_int, on: bool) -> io::Result<()> {
+    let one: libc::c_int = on.into();
     let len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: passes a pointer to a live c_int and its exact size.
     syscall!(setsockopt(
@@ -133,30 +167,72 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    #[test]
-    fn two_listeners_share_one_port() {
-        let first = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = TcpListener::from(first.try_clone().unwrap())
+    fn local_addr(fd: &OwnedFd) -> SocketAddr {
+        TcpListener::from(fd.try_clone().unwrap())
             .local_addr()
-            .unwrap();
-        let second = bind_listener(addr);
-        assert!(
-            second.is_ok(),
-            "SO_REUSEPORT listener could not share {addr}: {second:?}"
-        );
+            .unwrap()
     }
 
     #[test]
-    fn a_port_held_without_reuseport_is_refused() {
+    fn the_servers_listeners_share_one_port() {
+        let first = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let addr = local_addr(&first);
+        let second = bind_listener(addr, Claim::Share);
+        assert!(second.is_ok(), "could not share {addr}: {second:?}");
+    }
+
+    #[test]
+    fn a_first_listener_refuses_a_port_held_either_way() {
         let plain = TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = bind_listener(plain.local_addr().unwrap()).unwrap_err();
+        let err = bind_listener(plain.local_addr().unwrap(), Claim::First).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        // Another server's listeners, bound with SO_REUSEPORT, refuse a first listener too.
+        let other = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let err = bind_listener(local_addr(&other), Claim::First).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        // Sharing on purpose joins them.
+        assert!(bind_listener(local_addr(&other), Claim::Share).is_ok());
+    }
+
+    #[test]
+    fn the_ipv6_wildcard_serves_ipv4_too() {
+        let Ok(any) = bind_listener("[::]:0".parse().unwrap(), Claim::First) else {
+            return; // A host without IPv6: the server falls back to 0.0.0.0 (tested there).
+        };
+        let port = local_addr(&any).port();
+        let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(v4.is_ok(), "an IPv4 client of [::]:{port}: {v4:?}");
+    }
+
+    #[test]
+    fn unacked_counts_what_the_peer_has_not_acknowledged() {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::os::fd::AsFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let fd = OwnedFd::from(server.try_clone().unwrap());
+        assert_eq!(unacked(fd.as_fd()).unwrap(), 0);
+        // On loopback a write is acknowledged by the peer's kernel as soon as it is queued there,
+        // so wait until the count settles at 0 again, then check the FIN is counted until acked.
+        (&server).write_all(b"hello").unwrap();
+        let mut five = [0; 5];
+        client.read_exact(&mut five).unwrap();
+        shutdown_write(fd.as_fd()).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert!(
+            unacked(fd.as_fd()).unwrap() <= 1,
+            "only the FIN may still be in flight"
+        );
     }
 
     #[test]
     fn ipv6_loopback_binds() {
         // Machines without IPv6 cannot run this check; everything else must bind.
-        match bind_listener("[::1]:0".parse().unwrap()) {
+        match bind_listener("[::1]:0".parse().unwrap(), Claim::First) {
             Ok(_) => {}
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}"),
         }

@@ -54,9 +54,24 @@ impl Process {
         Process::spawn_with(args, Stdio::piped(), Stdio::piped(), None)
     }
 
+    /// Runs the binary with `args` and these environment variables, stdout and stderr piped.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        Process::run(args, env, Stdio::piped(), Stdio::piped(), None)
+    }
+
     /// Runs the binary with `args` and the given stdout and stderr (a stream not piped here gives
     /// no lines); `nofile` lowers its descriptor limit.
     pub fn spawn_with(args: &[&str], stdout: Stdio, stderr: Stdio, nofile: Option<u64>) -> Process {
+        Process::run(args, &[], stdout, stderr, nofile)
+    }
+
+    fn run(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+        nofile: Option<u64>,
+    ) -> Process {
         let bin = env!("CARGO_BIN_EXE_epoll-echo");
         let mut cmd = match nofile {
             Some(n) => {
@@ -70,6 +85,7 @@ impl Process {
         };
         let mut child = cmd
             .args(args)
+            .envs(env.iter().copied())
             // A panic would print a backtrace; the tests check that none does.
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -113,6 +129,37 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until the process blocks `signal` (from its `SigBlk` mask in /proc).
+    pub fn wait_until_blocked(&self, signal: Signal) {
+        let bit = 1u64 << (signal as u32 - 1);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
+            let blocked = status.ok().and_then(|text| {
+                let mask = text.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            });
+            if blocked.is_some_and(|mask| mask & bit != 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{signal} was never blocked");
+            thread::yield_now();
+        }
+    }
+
+    /// The loopback address of the port the process listens on, found through /proc (for a
+    /// process whose stdout cannot be read).
+    pub fn listening_port_via_proc(&self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(port) = listening_ports(self.pid()).into_iter().next() {
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+            assert!(Instant::now() < deadline, "the server never listened");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -291,4 +338,41 @@ fn clock_ticks_per_second() -> u64 {
         .trim()
         .parse()
         .expect("CLK_TCK is a number")
+}
+
+/// The ports the sockets of process `pid` listen on.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let name = target.to_str()?.to_string();
+                    Some(
+                        name.strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(3) == Some(&"0A");
+            let ours = fields
+                .get(9)
+                .is_some_and(|inode| inodes.iter().any(|i| i == inode));
+            let port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if let (true, true, Some(port)) = (listening, ours, port) {
+                ports.push(port);
+            }
+        }
+    }
+    ports
 }

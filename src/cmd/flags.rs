@@ -1,0 +1,203 @@
+//! The command line: every flag with its help, the duration syntax shared with echo-bench, and the
+//! turning of flags into the library's `Config`.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use epoll_echo::{Config, MAX_TIMEOUT};
+
+/// What `--help` ends with: how to stop the server and what its exit status means.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGINT, SIGTERM, SIGHUP  stop gracefully: stop accepting, flush, close each connection once its
+                           peer holds every byte (or at --drain-timeout), print a summary
+  the same signal again    within 500 ms: the same request; later: exit at once
+  SIGUSR1                  print the live counters (one line per worker and a total) to stderr
+
+Exit status:
+  0    stopped gracefully
+  1    could not start (the address is taken or not local, no permission, ...)
+  2    bad usage: an unknown flag or a value out of range
+  3    a worker failed (the others were stopped gracefully); the log says which and why
+  128+N  a second signal N ended the process at once";
+
+/// A Linux TCP echo server (RFC 862): every byte received on a connection is sent back on it, in
+/// order. One listener, epoll instance and thread per worker, all on one port.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// TCP port to listen on (0 picks a free port)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Worker threads, each with its own listener and epoll [default: number of CPUs]
+    #[arg(long = "maxListeners", visible_alias = "max-listeners", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_listeners: Option<u32>,
+
+    /// Address to listen on [default: :: serving IPv4 and IPv6, or 0.0.0.0 without IPv6]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+
+    /// Cap on one connection's unsent echo, in bytes; at the cap the connection is not read
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub max_pending: u64,
+
+    /// How long a graceful stop may wait for peers to take their echo (500ms, 5s, 1m, or seconds)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
+    pub drain_timeout: Duration,
+
+    /// Most connections open at once over all workers; at the limit new ones are accepted and
+    /// closed at once (counted as rejected) [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    pub max_conns: Option<u64>,
+
+    /// Close connections with no traffic in either direction for this long (e.g. 60s, 5m; 0 = never)
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+
+    /// Share the port with listeners already there (another instance during an overlapping
+    /// restart) instead of refusing to start; new connections are spread over all of them
+    #[arg(long)]
+    pub reuse_port: bool,
+
+    /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
+    #[arg(long, value_name = "SHELL", hide = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) to stdout and exit
+    #[arg(long, hide = true)]
+    pub man: bool,
+}
+
+/// Parses `500ms`, `5s`, `1m`, `1h30m` (through `humantime`), or a bare number of seconds with
+/// fractions; the same syntax as echo-bench's.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let bad =
+        || format!("'{text}' is not a duration (e.g. 500ms, 5s, 1m, 1h30m, or 0.5 for seconds)");
+    if let Ok(secs) = s.parse::<f64>() {
+        // try_from_secs_f64 rejects negative, NaN, infinite and too large values alike.
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
+    }
+    humantime::parse_duration(s).map_err(|_| bad())
+}
+
+/// A duration no longer than the library's bound on timeouts.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d > MAX_TIMEOUT {
+        return Err(format!(
+            "'{text}' is longer than the longest timeout, 7 days"
+        ));
+    }
+    Ok(d)
+}
+
+impl Cli {
+    /// Writes the completions or the man page when asked; true if it did (then nothing is served).
+    /// They are written straight to stdout: this is a one-shot tool run, not the server.
+    pub fn generate(&self) -> bool {
+        let mut out = std::io::stdout();
+        if let Some(shell) = self.completions {
+            clap_complete::generate(shell, &mut command(), "epoll-echo", &mut out);
+            return true;
+        }
+        if self.man {
+            // A full stdout or a closed pipe only loses the page.
+            let _ = clap_mangen::Man::new(command()).render(&mut out);
+            return true;
+        }
+        false
+    }
+
+    /// The library's configuration for these flags.
+    pub fn config(&self) -> Config {
+        let mut config = Config {
+            addr: SocketAddr::new(
+                self.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+                self.port,
+            ),
+            max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
+            drain_timeout: self.drain_timeout,
+            max_conns: self
+                .max_conns
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            reuse_port: self.reuse_port,
+            ..Config::default()
+        };
+        if let Some(n) = self.max_listeners {
+            config.workers = n as usize;
+        }
+        #[cfg(feature = "sim")]
+        {
+            config.fail_worker = planted_failure();
+        }
+        config
+    }
+}
+
+/// Test machinery: `EPOLL_ECHO_FAIL_WORKER=W:N` makes worker W panic once it has accepted N
+/// connections. Only builds with the `sim` feature (the crate's own tests) read it.
+#[cfg(feature = "sim")]
+fn planted_failure() -> Option<(usize, u64)> {
+    let spec = std::env::var("EPOLL_ECHO_FAIL_WORKER").ok()?;
+    let (worker, after) = spec.split_once(':')?;
+    Some((worker.parse().ok()?, after.parse().ok()?))
+}
+
+/// The clap command, for generated completions and the man page.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("500ms", ms(500)),
+            ("5s", ms(5_000)),
+            ("1m", ms(60_000)),
+            ("1h30m", ms(5_400_000)),
+            ("2", ms(2_000)),
+            ("0.5", ms(500)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "xyz", "-5s", "-1", "NaN", "5 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert!(parse_timeout("7days").is_ok());
+        assert!(parse_timeout("8days").is_err());
+        assert!(
+            parse_timeout("1e19").is_err(),
+            "overflowed the core's clock before"
+        );
+    }
+
+    #[test]
+    fn the_default_address_serves_both_families_on_the_default_port() {
+        let cli = Cli::parse_from(["epoll-echo"]);
+        let addr = cli.config().addr;
+        assert_eq!(addr, "[::]:8080".parse().expect("address"));
+        let cli = Cli::parse_from(["epoll-echo", "--bind", "127.0.0.1", "--port", "9"]);
+        assert_eq!(cli.config().addr, "127.0.0.1:9".parse().expect("address"));
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command().debug_assert();
+    }
+}

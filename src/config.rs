@@ -1,0 +1,96 @@
+//! The server's settings as a library user gives them, and the one place they are validated and
+//! turned into the core's settings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dispatch::{ConnLimit, Settings};
+use crate::server::StartError;
+
+/// The longest drain or idle timeout: longer is surely a typo, and every deadline the core computes
+/// stays far from the end of what time can express.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How to run the server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the same for every worker). The default,
+    /// `[::]:8080`, serves IPv4 and IPv6 clients, or IPv4 alone on a host without IPv6.
+    pub addr: SocketAddr,
+    /// Worker threads, each with its own listener and epoll (at least 1).
+    pub workers: usize,
+    /// Cap on one connection's pending output, in bytes (at least 1).
+    pub max_pending: usize,
+    /// How long a graceful stop may spend flushing.
+    pub drain_timeout: Duration,
+    /// Most connections open at once, over all workers; at the limit a new connection is accepted
+    /// and closed at once and counted as rejected (`None`: no limit).
+    pub max_conns: Option<usize>,
+    /// Close connections with no traffic in either direction for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Share the port with listeners already there (another instance, for an overlapping restart)
+    /// instead of refusing to start. New connections are then spread over every listener, and a
+    /// listener that closes resets the connections in its own queue unless
+    /// `net.ipv4.tcp_migrate_req` is 1.
+    pub reuse_port: bool,
+    /// Test machinery: worker `.0` panics once it has accepted `.1` connections.
+    #[cfg(feature = "sim")]
+    #[doc(hidden)]
+    pub fail_worker: Option<(usize, u64)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let core = Settings::default();
+        Config {
+            addr: SocketAddr::from(([0u16; 8], 8080)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_pending: core.max_pending,
+            drain_timeout: core.drain_timeout,
+            max_conns: None,
+            idle_timeout: core.idle_timeout,
+            reuse_port: false,
+            #[cfg(feature = "sim")]
+            fail_worker: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting and turns them into the core's settings: the one place a `Config` is
+    /// validated.
+    pub(crate) fn settings(&self) -> Result<Settings, StartError> {
+        if self.workers == 0 {
+            return Err(StartError::InvalidConfig("at least one worker is needed"));
+        }
+        if self.max_pending == 0 {
+            return Err(StartError::InvalidConfig(
+                "max pending bytes must be at least 1",
+            ));
+        }
+        if self.max_conns == Some(0) {
+            return Err(StartError::InvalidConfig(
+                "max connections must be at least 1",
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(StartError::InvalidConfig(
+                "an idle timeout must be non-zero",
+            ));
+        }
+        let too_long = |t: Duration| t > MAX_TIMEOUT;
+        if too_long(self.drain_timeout) || self.idle_timeout.is_some_and(too_long) {
+            return Err(StartError::InvalidConfig(
+                "a drain or idle timeout must be at most 7 days",
+            ));
+        }
+        Ok(Settings {
+            max_pending: self.max_pending,
+            drain_timeout: self.drain_timeout,
+            idle_timeout: self.idle_timeout,
+            limit: self.max_conns.map(|n| Arc::new(ConnLimit::new(n))),
+            ..Settings::default()
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! The stop as an auditor checks it, against the binary: it ends as soon as peers hold every byte,
+//! it counts in delivered bytes, it never hangs on a full stdout or stderr, a failed worker is
+//! loud and complete, the accept queue is served, and signals are safe from the first instant.
+//!
+//! Waits are bounded only where the bound is the behaviour (a stop that must not sit out the drain
+//! deadline), with generous margins; the measured figures are printed.
+
+mod common;
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::process::Process;
+use common::{connect, echoes, eventually, read_verified, serial, End, Pattern};
+use epoll_echo::{Counter, Derived};
+use nix::sys::signal::Signal;
+
+/// A client that echoes once and then keeps its socket open, as pools and health checks do.
+fn lingering(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    assert!(echoes(&mut s, b"hello"));
+    s
+}
+
+/// Reads until the server's EOF; true for a clean EOF, false for a reset.
+fn ends_cleanly(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).is_ok()
+}
+
+#[test]
+fn an_idle_client_that_never_closes_does_not_hold_the_stop() {
+    let _serial = serial();
+    let (server, addr) = Process::start(&["--maxListeners", "1"]);
+    let mut client = lingering(addr);
+    let exit = server.terminate();
+    let report = exit.assert_clean();
+    println!("one idle client: exit after {:?}", exit.took);
+    assert_eq!(report[Counter::DeadlineCloses], 0, "{report}");
+    // The default drain deadline is 5 s; the stop takes milliseconds.
+    assert!(
+        exit.took < Duration::from_millis(300),
+        "took {:?}",
+        exit.took
+    );
+    assert!(ends_cleanly(&mut client), "the client was reset");
+}
+
+#[test]
+fn five_thousand_idle_clients_that_never_close_stop_within_a_second() {
+    const CLIENTS: usize = 5_000;
+    let _serial = serial();
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the soft limit");
+    let (mut server, addr) = Process::start_with(&["--maxListeners", "2"], Some(12_000));
+    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| lingering(addr)).collect();
+    assert!(eventually(|| server.stats().active() == CLIENTS as u64));
+    let exit = server.terminate();
+    let report = exit.assert_clean();
+    println!("{CLIENTS} idle clients: exit after {:?}", exit.took);
+    assert_eq!(report[Counter::DeadlineCloses], 0, "{report}");
+    assert!(exit.took < Duration::from_secs(1), "took {:?}", exit.took);
+    drop(clients);
+}
+
+#[test]
+fn streams_that_stop_at_eof_without_closing_end_the_stop_within_a_second() {
+    const STREAMS: u64 = 16;
+    let _serial = serial();
+    let (mut server, addr) = Process::start(&["--maxListeners", "2", "--drain-timeout", "10s"]);
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..STREAMS {
+        let mut rx = connect(addr);
+        let mut tx = rx.try_clone().expect("clone");
+        let eof = Arc::new(AtomicBool::new(false));
+        let stop_writing = Arc::clone(&eof);
+        writers.push(thread::spawn(move || {
+            let pattern = Pattern::new(i);
+            let mut off = 0u64;
+            while !stop_writing.load(Relaxed) {
+                match tx.write(pattern.at(off, 16 * 1024)) {
+                    Ok(n) => off += n as u64,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            // Keep the socket open after EOF: the server must not wait for us to close.
+            tx
+        }));
+        readers.push(thread::spawn(move || {
+            let ended = read_verified(&mut rx, &Pattern::new(i), u64::MAX);
+            eof.store(true, Relaxed);
+            (ended, rx)
+        }));
+    }
+    assert!(
+        eventually(|| server.stats()[Counter::BytesWritten] >= STREAMS << 20),
+        "the streams never got going"
+    );
+    let exit = server.terminate();
+    let ends: Vec<((u64, End), TcpStream)> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    let _open: Vec<TcpStream> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    let report = exit.assert_clean();
+    let received: u64 = ends.iter().map(|((n, _), _)| n).sum();
+    println!(
+        "{STREAMS} streams: exit after {:?}; received {received}; {report}",
+        exit.took
+    );
+    assert!(
+        ends.iter().all(|((_, end), _)| *end == End::Eof),
+        "a client was reset"
+    );
+    assert_eq!(report[Counter::DeadlineCloses], 0, "{report}");
+    // Every client got back exactly what the server read of it (a prefix of what it sent, and
+    // the sums agree), all of it delivered.
+    assert_eq!(received, report[Counter::BytesRead], "{report}");
+    assert_eq!(
+        received,
+        report.derived(Derived::BytesDelivered),
+        "{report}"
+    );
+    assert_eq!(
+        report[Counter::BytesUnacked] + report[Counter::BytesDropped],
+        0
+    );
+    assert!(exit.took < Duration::from_secs(1), "took {:?}", exit.took);
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() {
+    let _serial = serial();
+    let (mut server, addr) = Process::start(&["--maxListeners", "1", "--drain-timeout", "1s"]);
+    let mut s = connect(addr);
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![0x33; 64 * 1024];
+    let mut sent = 0u64;
+    // Not reading while writing: the server's echo fills both directions.
+    assert!(
+        eventually(|| {
+            while let Ok(n) = s.write(&chunk) {
+                sent += n as u64;
+            }
+            server.stats()[Counter::BackpressurePauses] >= 1
+        }),
+        "the server never hit the pending cap"
+    );
+    // The worker must not spin while it waits for acknowledgements that never come.
+    let cpu_before = server.cpu_time();
+    server.signal(Signal::SIGTERM);
+    let waited = Duration::from_millis(600);
+    thread::sleep(waited);
+    let cpu = server.cpu_time() - cpu_before;
+    println!("stalled peer: {cpu:?} of CPU over {waited:?} of the drain");
+    assert!(
+        cpu < waited / 10,
+        "the worker spins while it waits: {cpu:?} in {waited:?}"
+    );
+    let exit = server.exit();
+    let r = exit.assert_clean();
+    println!("stalled peer: closed after {:?}: {r}", exit.took);
+    assert_eq!(r[Counter::DeadlineCloses], 1);
+    // The kernel held our echo unacknowledged at the close: counted, and the balance is exact.
+    assert!(r[Counter::BytesUnacked] > 0, "{r}");
+    assert!(r[Counter::BytesDropped] > 0, "{r}");
+    assert_eq!(
+        r[Counter::BytesRead],
+        r.derived(Derived::BytesDelivered) + r[Counter::BytesUnacked] + r[Counter::BytesDropped]
+    );
+    // The deadline is a lower bound: nothing closed the stalled peer sooner.
+    assert!(
+        exit.took + waited >= Duration::from_secs(1),
+        "closed before its deadline"
+    );
+    // What the peer's kernel acknowledged it can still read, and no more than was written.
+    s.set_nonblocking(false).expect("blocking");
+    let mut got = 0u64;
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    println!("stalled peer: sent {sent}, read back {got} after the close");
+    assert!(got <= r[Counter::BytesWritten], "{got} read back, {r}");
+}
+
+#[test]
+fn a_worker_that_fails_is_reported_at_once_and_the_rest_stop_gracefully() {
+    let _serial = serial();
+    let args = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--maxListeners",
+        "1",
+        "--max-conns",
+        "4",
+    ];
+    let mut server = Process::spawn_env(&args, &[("EPOLL_ECHO_FAIL_WORKER", "0:2")]);
+    // The failing worker's connection-limit slots come back: its process would refuse nothing
+    // more, but a second server is not needed to see it; the library test does.
+    let (addr, _) = server.listening();
+    let mut first = connect(addr);
+    assert!(echoes(&mut first, b"counted"));
+    // The second accept trips the planted failure.
+    let _second = connect(addr);
+    let line = server.stderr_line_with("worker 0 failed");
+    println!("{line}");
+    let exit = server.exit();
+    assert_eq!(exit.status.code(), Some(3), "{:?}", exit.stderr);
+    let r = exit.report();
+    assert_eq!(r[Counter::WorkersFailed], 1, "{r}");
+    assert!(
+        r[Counter::Accepted] >= 1,
+        "the failed worker's counts were lost: {r}"
+    );
+    assert!(
+        r[Counter::BytesRead] >= 7,
+        "the failed worker's counts were lost: {r}"
+    );
+}
+
+#[test]
+fn full_stdout_and_stderr_pipes_never_hold_the_stop() {
+    let _serial = serial();
+    // Pipes whose reader never reads: the kernel buffer fills and every further write would block.
+    let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+    let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+    fill(&out_w);
+    fill(&err_w);
+    let server = Process::spawn_with(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--maxListeners",
+            "1",
+            "--drain-timeout",
+            "1s",
+        ],
+        Stdio::from(out_w),
+        Stdio::from(err_w),
+        None,
+    );
+    // The address cannot be read from a full stdout: find the listener through /proc.
+    let addr = server.listening_port_via_proc();
+    let mut client = connect(addr);
+    for i in 0..100u32 {
+        assert!(
+            echoes(&mut client, &i.to_le_bytes()),
+            "echo {i} while the output is full"
+        );
+    }
+    for _ in 0..10 {
+        server.signal(Signal::SIGUSR1);
+    }
+    let exit = server.terminate();
+    println!(
+        "full stdout and stderr: exit {:?} after {:?}",
+        exit.status, exit.took
+    );
+    assert_eq!(exit.status.code(), Some(0));
+    // Within the drain deadline (1 s), with a generous margin for a loaded machine.
+    assert!(exit.took < Duration::from_secs(3), "took {:?}", exit.took);
+    drop((out_r, err_r));
+}
+
+#[test]
+fn at_the_descriptor_limit_with_a_full_stderr_established_connections_keep_echoing() {
+    let _serial = serial();
+    let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+    fill(&err_w);
+    let server = Process::spawn_with(
+        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        Stdio::piped(),
+        Stdio::from(err_w),
+        Some(32),
+    );
+    let (addr, _) = server.listening();
+    let mut early: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    for s in &mut early {
+        assert!(echoes(s, b"before the flood"));
+    }
+    // More clients than descriptors: accept fails with EMFILE and the worker wants to warn.
+    let _flood: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();
+    for round in 0..20u32 {
+        for s in &mut early {
+            assert!(echoes(s, &round.to_le_bytes()), "no echo in round {round}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let exit = server.terminate();
+    assert_eq!(exit.status.code(), Some(0));
+    drop(err_r);
+}
+
+/// Writes into a pipe until it is full.
+fn fill(pipe: &OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let mut f = File::from(pipe.try_clone().expect("dup"));
+    let fd = f.as_raw_fd();
+    let set = |flags| fcntl(fd, FcntlArg::F_SETFL(flags)).expect("fcntl");
+    set(OFlag::O_NONBLOCK);
+    let block = [b'x'; 4096];
+    while f.write(&block).is_ok() {}
+    // The server gets the pipe as it would from a shell: blocking.
+    set(OFlag::empty());
+}
+
+#[test]
+fn clients_queued_while_the_server_is_stopped_are_served_not_reset() {
+    const CLIENTS: usize = 5;
+    let _serial = serial();
+    let (server, addr) = Process::start(&["--maxListeners", "1"]);
+    server.signal(Signal::SIGSTOP);
+    // The kernel completes their handshakes; the frozen server accepts nothing.
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut s = connect(addr);
+            s.write_all(format!("request {i}").as_bytes())
+                .expect("send");
+            s
+        })
+        .collect();
+    server.signal(Signal::SIGTERM);
+    server.signal(Signal::SIGCONT);
+    let exit = server.exit();
+    let report = exit.assert_clean();
+    for (i, mut s) in clients.into_iter().enumerate() {
+        assert!(ends_cleanly(&mut s), "client {i} was reset");
+    }
+    assert_eq!(report[Counter::Accepted], CLIENTS as u64, "{report}");
+    assert!(report[Counter::BytesDiscarded] > 0, "{report}");
+}
+
+#[test]
+fn signals_from_the_first_instant_the_process_can_take_them_stop_gracefully() {
+    let _serial = serial();
+    for signal in [Signal::SIGTERM, Signal::SIGUSR1, Signal::SIGHUP] {
+        for _ in 0..10 {
+            let server = Process::spawn(&["--bind", "127.0.0.1", "--port", "0"]);
+            // The earliest a process can take a signal is when it blocks it; before that the
+            // kernel's default action applies to any program.
+            server.wait_until_blocked(signal);
+            server.signal(signal);
+            if signal == Signal::SIGUSR1 {
+                server.signal(Signal::SIGTERM);
+            }
+            let exit = server.exit();
+            assert_eq!(exit.status.code(), Some(0), "{signal}: {:?}", exit.stderr);
+            exit.report();
+        }
+    }
+}
+
+#[test]
+fn two_sigterms_back_to_back_are_one_graceful_stop() {
+    let _serial = serial();
+    let (server, addr) = Process::start(&["--maxListeners", "1"]);
+    let mut client = lingering(addr);
+    server.signal(Signal::SIGTERM);
+    server.signal(Signal::SIGTERM);
+    let report = server.exit().assert_clean();
+    assert_eq!(report[Counter::Accepted], 1, "{report}");
+    assert!(ends_cleanly(&mut client));
+}
