@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -366,4 +366,31 @@ fn reused_descriptors_never_mix_up_connections() {
         report[Counter::Accepted],
         "{report}"
     );
+}
+
+#[test]
+fn a_request_with_an_urgent_byte_in_the_middle_is_echoed_byte_exact() {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let server = start(config(1));
+    let mut client = connect(server.local_addr());
+    for round in 0..20u8 {
+        let before = payload(u64::from(round), 1000);
+        let after = payload(u64::from(round) + 100, 1000);
+        client.write_all(&before).expect("send");
+        // TCP urgent data: a read stops at its mark, with the rest queued and no new edge.
+        let urgent = [round];
+        let sent = send(client.as_raw_fd(), &urgent, MsgFlags::MSG_OOB).expect("send urgent");
+        assert_eq!(sent, 1);
+        client.write_all(&after).expect("send");
+        let mut want = before.clone();
+        want.extend_from_slice(&urgent);
+        want.extend_from_slice(&after);
+        // A request/response client waits for its whole answer: a stalled echo times this out.
+        let back = read_exact_chunked(&mut client, want.len(), &mut Rng::new(7), 4096);
+        assert!(back == want, "round {round}: the echo differs");
+    }
+    drop(client);
+    let report = stop(server);
+    assert_eq!(report[Counter::BytesRead], 20 * 2001, "{report}");
 }

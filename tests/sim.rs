@@ -57,6 +57,7 @@ fn worker_keeps_every_rule_over_many_seeded_networks() {
             ("stops while traffic was in flight", total.stop_with_traffic),
             ("backpressure pauses", total.backpressure_pauses),
             ("connections turned away at the limit", total.rejected),
+            ("reads stopped at an urgent mark", total.urgent_stops),
         ];
         for (what, n) in reached {
             assert!(

@@ -350,7 +350,9 @@ fn clients_queued_while_the_server_is_stopped_are_served_not_reset() {
     }
     assert_eq!(report[Counter::Accepted], CLIENTS as u64, "{report}");
     // Every request byte is accounted for: echoed if the worker ran first, else discarded.
-    let requests = (0..CLIENTS).map(|i| format!("request {i}").len() as u64).sum::<u64>();
+    let requests = (0..CLIENTS)
+        .map(|i| format!("request {i}").len() as u64)
+        .sum::<u64>();
     let seen = report[Counter::BytesRead] + report[Counter::BytesDiscarded];
     assert_eq!(seen, requests, "{report}");
 }

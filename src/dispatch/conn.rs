@@ -15,7 +15,7 @@ pub enum Input {
     /// An edge came: input may be waiting. A short read means the socket is empty.
     Ready,
     /// Input may be waiting and a short read proves nothing, only would-block or EOF does: the
-    /// peer finished (reads go on to EOF).
+    /// peer finished (reads go on to EOF), or urgent data came (a read stops short at its mark).
     Exact,
     /// A read returned 0: the peer sent everything.
     Ended,
@@ -101,7 +101,7 @@ impl<S> Conn<S> {
     /// Records an epoll event.
     pub fn on_readiness(&mut self, r: Readiness) {
         if self.input != Input::Ended {
-            if r.read_closed || r.hangup {
+            if r.read_closed || r.hangup || r.urgent {
                 self.input = Input::Exact;
             } else if r.readable && matches!(self.input, Input::Fresh | Input::Drained) {
                 self.input = Input::Ready;
@@ -218,6 +218,15 @@ mod tests {
             Input::Exact,
             "only EOF ends a finished peer's input"
         );
+        c.on_would_block();
+        assert_eq!(c.input, Input::Drained);
+        // An urgent byte: the next read may stop at its mark with more queued behind it.
+        c.on_readiness(Readiness {
+            urgent: true,
+            ..Readiness::READABLE
+        });
+        c.on_data(3, 5);
+        assert_eq!(c.input, Input::Exact, "a read stopped at an urgent mark");
         c.on_would_block();
         assert_eq!(c.input, Input::Drained);
     }

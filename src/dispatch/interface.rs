@@ -14,6 +14,8 @@ pub struct Readiness {
     pub hangup: bool,
     /// The socket has a pending error (`EPOLLERR`).
     pub error: bool,
+    /// TCP urgent data arrived (`EPOLLPRI`): a read may stop short at its mark with more queued.
+    pub urgent: bool,
 }
 
 /// Named readiness sets and the merge of two, for the simulated kernel and the tests.
@@ -26,6 +28,7 @@ impl Readiness {
         read_closed: false,
         hangup: false,
         error: false,
+        urgent: false,
     };
     /// Input is waiting (`EPOLLIN`).
     pub const READABLE: Readiness = Readiness {
@@ -46,6 +49,7 @@ impl Readiness {
             read_closed: self.read_closed || other.read_closed,
             hangup: self.hangup || other.hangup,
             error: self.error || other.error,
+            urgent: self.urgent || other.urgent,
         }
     }
 }
@@ -201,9 +205,18 @@ mod tests {
 
     #[test]
     fn merged_edges_keep_every_flag_of_either() {
-        let flags = |r: Readiness| [r.readable, r.writable, r.read_closed, r.hangup, r.error];
+        let flags = |r: Readiness| {
+            [
+                r.readable,
+                r.writable,
+                r.read_closed,
+                r.hangup,
+                r.error,
+                r.urgent,
+            ]
+        };
         let one = |i: usize| {
-            let mut f = [false; 5];
+            let mut f = [false; 6];
             f[i] = true;
             Readiness {
                 readable: f[0],
@@ -211,12 +224,13 @@ mod tests {
                 read_closed: f[2],
                 hangup: f[3],
                 error: f[4],
+                urgent: f[5],
             }
         };
-        for i in 0..5 {
-            for j in 0..5 {
+        for i in 0..6 {
+            for j in 0..6 {
                 let merged = flags(one(i).or(one(j)));
-                let want: Vec<bool> = (0..5).map(|k| k == i || k == j).collect();
+                let want: Vec<bool> = (0..6).map(|k| k == i || k == j).collect();
                 assert_eq!(merged.to_vec(), want, "{i} or {j}");
             }
         }

@@ -37,9 +37,13 @@ pub enum Fault {
     WriteEagain,
     /// The peer's reset is seen by a write.
     WriteReset,
+    /// The peer's kernel acknowledged bytes its application has not read yet.
+    AckEarly,
+    /// The peer's acknowledgement of the last bytes (or of our FIN) is still on its way.
+    AckLate,
 }
 
-const COUNT: usize = 17;
+const COUNT: usize = 19;
 
 impl Fault {
     pub const ALL: [Fault; COUNT] = [
@@ -60,6 +64,8 @@ impl Fault {
         Fault::WriteShort,
         Fault::WriteEagain,
         Fault::WriteReset,
+        Fault::AckEarly,
+        Fault::AckLate,
     ];
 
     /// How many times rarer than the common faults this one is: a fault that ends a connection

@@ -97,6 +97,8 @@ pub struct Counts {
     pub closes: u64,
     pub short_reads: u64,
     pub short_writes: u64,
+    /// Reads that stopped at an urgent mark with more queued.
+    pub urgent_stops: u64,
 }
 
 #[derive(Debug)]
@@ -139,7 +141,7 @@ struct Epoll {
 /// clients, their behaviour.
 pub struct Kernel<E> {
     pub rng: E,
-    pub faults: Faults,
+    pub choices: Choices,
     /// Virtual time zero, and the time now.
     clock: (Instant, Nanos),
     setup: Setup,
@@ -159,7 +161,10 @@ impl<E: Entropy> Kernel<E> {
     pub fn new(rng: E, setup: Setup) -> Self {
         Kernel {
             rng,
-            faults: setup.faults.clone(),
+            choices: Choices {
+                faults: setup.faults.clone(),
+                steer: None,
+            },
             clock: (Instant::now(), 0),
             listener: Listener {
                 open: true,
@@ -310,7 +315,18 @@ impl<E: Entropy> Kernel<E> {
 
     /// Whether `fault` strikes this operation.
     fn fault(&mut self, fault: Fault) -> bool {
-        self.rng.chance(self.faults.rate(fault))
+        match &self.choices.steer {
+            Some(steer) => steer.faults.contains(&fault),
+            None => self.rng.chance(self.choices.faults.rate(fault)),
+        }
+    }
+
+    /// A size in `1..=max` for a short read or write, or a partial acknowledgement.
+    fn size(&mut self, max: usize) -> usize {
+        match self.choices.steer.as_ref().and_then(|s| s.size) {
+            Some(n) => n.clamp(1, max.max(1)),
+            None => self.rng.upto(max as u64) as usize,
+        }
     }
 
     fn bump(&mut self) {
@@ -326,13 +342,16 @@ impl<E: Entropy> Kernel<E> {
     // ----- edges -----
 
     /// Raises an edge on a link's socket if the worker registered it and has not closed it.
+    /// The event carries the socket's standing conditions too (urgent data, the peer's FIN, a
+    /// reset), as epoll reports the whole current mask with each edge.
     fn edge(&mut self, link: usize, r: Readiness) {
         if r == Readiness::NONE {
             return;
         }
         let l = &self.links[link];
         if let Some(token) = l.token.filter(|_| l.is_open()) {
-            self.raise(token, r);
+            let standing = l.standing();
+            self.raise(token, r.or(standing));
         }
     }
 
@@ -353,6 +372,12 @@ impl<E: Entropy> Kernel<E> {
     /// An event for a closed connection's token.
     pub fn inject_stale(&mut self, token: Token, r: Readiness) {
         self.raise(token, r);
+    }
+
+    /// Takes the pending event of `token` out of the ready list, as one `epoll_wait` reporting it.
+    pub fn take_event(&mut self, token: Token) -> Option<Readiness> {
+        let at = self.epoll.ready.iter().position(|(t, _)| *t == token)?;
+        Some(self.epoll.ready.remove(at).1)
     }
 
     /// A listener edge.
@@ -542,10 +567,12 @@ impl<E: Entropy> Kernel<E> {
         if self.fault(Fault::ReadEintr) {
             return errno(libc::EINTR);
         }
-        if self.links[link].broken == Break::Reset {
+        // After a reset what was queued can still be read (Linux keeps it), then the error.
+        let reset = self.links[link].broken == Break::Reset;
+        if reset && self.links[link].up.queued() == 0 {
             return errno(libc::ECONNRESET);
         }
-        if self.fault(Fault::ReadReset) {
+        if !reset && self.fault(Fault::ReadReset) {
             self.reset_by_network(link);
             return errno(libc::ECONNRESET);
         }
@@ -560,15 +587,19 @@ impl<E: Entropy> Kernel<E> {
             l.audit.eof_before_stop |= !stopped;
             return Ok(0);
         }
-        // After the FIN nothing more can arrive, so the kernel's answer is exact.
-        let more_may_come = !l.up.fin;
+        // After the FIN or a reset nothing more can arrive, so the kernel's answer is exact.
+        let more_may_come = !l.up.fin && !reset;
         if more_may_come && self.fault(Fault::ReadEagain) {
             self.edge(link, Readiness::READABLE);
             return errno(libc::EAGAIN);
         }
-        let mut k = buf.len().min(avail);
+        // A read stops at an urgent mark with more queued, and no edge follows.
+        let mut k = self.links[link].up.readable(buf.len());
+        if k < buf.len().min(avail) {
+            self.counts.urgent_stops += 1;
+        }
         if more_may_come && self.fault(Fault::ReadShort) {
-            k = self.rng.upto(k as u64) as usize;
+            k = self.size(k);
             if k < buf.len() {
                 self.counts.short_reads += 1;
                 self.edge(link, Readiness::READABLE);
@@ -576,8 +607,7 @@ impl<E: Entropy> Kernel<E> {
         }
         let cap = self.setup.max_pending as u64;
         let l = &mut self.links[link];
-        buf[..k].copy_from_slice(&l.up.sent[l.up.read..l.up.read + k]);
-        l.up.read += k;
+        buf[..k].copy_from_slice(l.up.take(k));
         if l.write_shut {
             l.audit.discarded += k as u64;
         } else {
@@ -640,7 +670,7 @@ impl<E: Entropy> Kernel<E> {
         }
         let mut k = buf.len().min(room);
         if self.fault(Fault::WriteShort) {
-            k = self.rng.upto(k as u64) as usize;
+            k = self.size(k);
             if k < room {
                 self.edge(link, Readiness::WRITABLE);
             }
@@ -707,7 +737,7 @@ impl<E: Entropy> Kernel<E> {
         let l = &mut self.links[link];
         l.stage = Stage::Closed;
         l.audit.deadline_close = deadline;
-        l.audit.unacked_at_close = l.down.queue.len() as u64;
+        l.audit.unacked_at_close = std::mem::take(&mut l.audit.last_unacked);
         l.audit.closed_before_stop = !stopped;
         if l.token.is_none() && l.excluded.is_none() {
             // Closed before it was registered: the connection limit turned it away.
@@ -789,8 +819,16 @@ impl<E: Entropy> Kernel<E> {
             return errno(libc::EBADF);
         };
         let l = &self.links[link];
-        let held = l.down.queue.len() + usize::from(l.write_shut && !l.down.queue.is_empty());
+        let mut held = l.down.queue.len() + usize::from(l.write_shut && !l.down.queue.is_empty());
+        if held > 0 && self.fault(Fault::AckEarly) {
+            held = self.size(held) - 1;
+        } else if held == 0 && self.fault(Fault::AckLate) {
+            held = 1;
+        }
         self.note(Ev::Unacked(link, held));
+        // What the worker counts as unacknowledged bytes if it closes now (our FIN is not a byte).
+        let l = &mut self.links[link];
+        l.audit.last_unacked = (held.saturating_sub(usize::from(l.write_shut))) as u64;
         Ok(held)
     }
 
@@ -880,6 +918,12 @@ impl<E: Entropy> Kernel<E> {
             return;
         }
         self.client_act(link, Ev::ClientSend(link, bytes.len()), |l| l.send(bytes));
+    }
+
+    /// The client sends `bytes` with `MSG_OOB`: the last byte is urgent.
+    pub fn client_send_urgent(&mut self, link: usize, bytes: &[u8]) {
+        let ev = Ev::ClientUrgent(link, bytes.len());
+        self.client_act(link, ev, |l| l.send_urgent(bytes));
     }
 
     pub fn client_fin(&mut self, link: usize) {
@@ -1007,6 +1051,21 @@ impl<E: Entropy> Kernel<E> {
         }
         wrong
     }
+}
+
+/// How the kernel chooses its answers: the fault rates, or, for a test that replays outcomes seen
+/// on real sockets, a steer that says which faults strike and which size a short one takes.
+#[derive(Clone, Debug, Default)]
+pub struct Choices {
+    pub faults: Faults,
+    pub steer: Option<Steer>,
+}
+
+/// Forced answers: these faults strike (all others do not), with this size when one asks for it.
+#[derive(Clone, Debug, Default)]
+pub struct Steer {
+    pub faults: Vec<Fault>,
+    pub size: Option<usize>,
 }
 
 /// Why a connection attempt failed.

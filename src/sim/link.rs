@@ -3,9 +3,14 @@
 //! counts the audit compares with the worker's report.
 //!
 //! Client-side operations return the readiness they raise on the server's socket, the way Linux
-//! reports it: new input raises readable; a FIN raises readable + RDHUP (+ HUP and writable once
-//! both directions are shut); a reset raises everything; room freed after a full or partial write
-//! raises writable once at least `write_space` bytes are free.
+//! reports it: new input raises readable; an urgent byte (`MSG_OOB`) raises readable + PRI; a FIN
+//! raises readable + RDHUP (+ HUP and writable once both directions are shut); a reset raises
+//! everything; room freed after a full or partial write raises writable once at least
+//! `write_space` bytes are free.
+//!
+//! Urgent data is inline (`SO_OOBINLINE`), and a read that has copied something stops at the
+//! urgent mark, the byte before the urgent one, with more queued and no new edge: the one short
+//! read that does not mean the socket is empty.
 
 use std::collections::VecDeque;
 
@@ -46,11 +51,34 @@ pub struct Upstream {
     pub cap: usize,
     /// The client shut its write side.
     pub fin: bool,
+    /// Where in `sent` the latest urgent byte is, until a read passes it (one mark at a time:
+    /// a newer urgent byte moves it).
+    pub urgent_at: Option<usize>,
 }
 
 impl Upstream {
     pub fn queued(&self) -> usize {
         self.sent.len() - self.read
+    }
+
+    /// How much a read of up to `want` bytes copies: it stops before the urgent byte once it has
+    /// copied something.
+    pub fn readable(&self, want: usize) -> usize {
+        let k = want.min(self.queued());
+        match self.urgent_at {
+            Some(mark) if mark > self.read && mark < self.read + k => mark - self.read,
+            _ => k,
+        }
+    }
+
+    /// Takes `k` bytes; a read past the urgent byte clears its mark.
+    pub fn take(&mut self, k: usize) -> &[u8] {
+        let from = self.read;
+        self.read += k;
+        if self.urgent_at.is_some_and(|mark| mark < self.read) {
+            self.urgent_at = None;
+        }
+        &self.sent[from..from + k]
     }
 }
 
@@ -98,7 +126,9 @@ pub struct Audit {
     pub deadline_close: bool,
     /// The server's close sent RST (it closed with input unread).
     pub reset_by_server: bool,
-    /// Bytes the peer had not acknowledged when the server closed.
+    /// What the kernel last said the peer had not acknowledged, in bytes.
+    pub last_unacked: u64,
+    /// The same, taken at the close.
     pub unacked_at_close: u64,
 }
 
@@ -168,6 +198,20 @@ impl Link {
             read_closed: ended,
             hangup: reset || self.broken == Break::Gone,
             error: reset,
+            urgent: self.up.urgent_at.is_some(),
+        }
+    }
+
+    /// The conditions every event of the server's socket reports while they last.
+    pub fn standing(&self) -> Readiness {
+        let reset = self.broken == Break::Reset;
+        let ended = self.up.fin || self.broken != Break::Intact;
+        Readiness {
+            read_closed: ended,
+            hangup: reset || self.broken == Break::Gone || (self.up.fin && self.write_shut),
+            error: reset,
+            urgent: self.up.urgent_at.is_some(),
+            ..Readiness::NONE
         }
     }
 
@@ -177,6 +221,18 @@ impl Link {
     pub fn send(&mut self, bytes: &[u8]) -> Readiness {
         self.up.sent.extend_from_slice(bytes);
         Readiness::READABLE
+    }
+
+    /// The client sends `bytes` with `MSG_OOB`: the last of them is urgent.
+    pub fn send_urgent(&mut self, bytes: &[u8]) -> Readiness {
+        self.up.sent.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.up.urgent_at = Some(self.up.sent.len() - 1);
+        }
+        Readiness {
+            urgent: true,
+            ..Readiness::READABLE
+        }
     }
 
     /// The client shuts its write side.
@@ -221,6 +277,7 @@ impl Link {
             read_closed: true,
             hangup: true,
             error: true,
+            urgent: false,
         }
     }
 
@@ -259,6 +316,25 @@ mod tests {
         assert_eq!(l.recv(3).1, Readiness::NONE, "3 free, 4 needed");
         assert_eq!(l.recv(1).1, Readiness::WRITABLE);
         assert!(!l.down.want_write);
+    }
+
+    #[test]
+    fn a_read_stops_at_the_urgent_mark_once_it_has_copied_something() {
+        let mut l = Link::new(usize::MAX, 10, 1);
+        l.send(&[1; 1000]);
+        let r = l.send_urgent(&[2]);
+        assert!(r.urgent && r.readable);
+        l.send(&[3; 1000]);
+        assert_eq!(l.up.readable(4096), 1000, "stops before the urgent byte");
+        assert_eq!(l.up.take(1000), &[1; 1000][..]);
+        // At the mark: the urgent byte comes inline with what follows.
+        assert_eq!(l.up.readable(4096), 1001);
+        let rest = l.up.take(1001).to_vec();
+        assert_eq!((rest[0], rest[1000]), (2, 3));
+        assert_eq!(l.up.urgent_at, None);
+        // A read too small to reach the mark is not cut.
+        l.send_urgent(&[4; 10]);
+        assert_eq!(l.up.readable(5), 5);
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod scenario;
 mod trace;
 
 #[cfg(test)]
+mod fidelity_tests;
+#[cfg(test)]
 mod idle_tests;
 #[cfg(test)]
 mod model_tests;

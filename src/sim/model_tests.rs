@@ -36,6 +36,9 @@ enum Op {
     ListenerEdge,
     /// Client `c` sends `n` bytes: readable edge.
     Send(u8, u8),
+    /// Client `c` sends `n` bytes with `MSG_OOB`, the last one urgent: readable + urgent edge, and
+    /// a read that stops at its mark with more queued.
+    SendUrgent(u8, u8),
     /// Client `c` shuts its write side: `EPOLLIN | EPOLLRDHUP`.
     Finish(u8),
     /// Client `c` reads everything echoed so far: writable edge if the server found the window full.
@@ -77,7 +80,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Connect),
         1 => Just(Op::ListenerEdge),
-        14 => (any::<u8>(), 1..=40u8).prop_map(|(c, n)| Op::Send(c, n)),
+        12 => (any::<u8>(), 1..=40u8).prop_map(|(c, n)| Op::Send(c, n)),
+        2 => (any::<u8>(), 1..=40u8).prop_map(|(c, n)| Op::SendUrgent(c, n)),
         2 => any::<u8>().prop_map(Op::Finish),
         5 => any::<u8>().prop_map(Op::Drain),
         1 => any::<u8>().prop_map(Op::ReadableEdge),
@@ -254,7 +258,12 @@ impl Model {
             Op::ListenerEdge => self.k().listener_edge(),
             Op::Send(c, n) => {
                 if let Some(l) = self.pick(c) {
-                    self.send(l, n as usize);
+                    self.send(l, n as usize, false);
+                }
+            }
+            Op::SendUrgent(c, n) => {
+                if let Some(l) = self.pick(c) {
+                    self.send(l, n as usize, true);
                 }
             }
             Op::Finish(c) => {
@@ -314,13 +323,17 @@ impl Model {
         self.kernel().links[link].broken == Break::Intact
     }
 
-    fn send(&mut self, link: usize, n: usize) {
+    fn send(&mut self, link: usize, n: usize, urgent: bool) {
         if !self.kernel().links[link].client_can_send() {
             return;
         }
         let start = self.kernel().links[link].up.sent.len();
         let bytes: Vec<u8> = (start..start + n).map(|i| payload(link, i)).collect();
-        self.k().client_send(link, &bytes);
+        if urgent {
+            self.k().client_send_urgent(link, &bytes);
+        } else {
+            self.k().client_send(link, &bytes);
+        }
     }
 
     fn finish(&mut self, link: usize) {
@@ -378,7 +391,7 @@ impl Model {
     /// Runs turns without faults until nothing is left to do, letting time run up to `until`.
     /// Clients read everything echoed; cooperating clients answer the server's FIN with theirs.
     fn settle(&mut self, until: Option<u64>) {
-        self.k().faults = Faults::none();
+        self.k().choices.faults = Faults::none();
         for _ in 0..MAX_SETTLE_ROUNDS {
             if self.worker.core().is_finished() {
                 return;

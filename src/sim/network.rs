@@ -76,6 +76,7 @@ stats!(
     emfile,
     aborted,
     rejected,
+    urgent_stops,
     stop_with_traffic,
     backpressure_pauses,
     bytes_echoed,
@@ -240,7 +241,11 @@ impl Network {
             let n = k.rng.upto(max) as usize;
             let from = l.up.sent.len();
             let chunk = spec.payload[from..from + n].to_vec();
-            k.client_send(link, &chunk);
+            if k.rng.chance(spec.urgent) {
+                k.client_send_urgent(link, &chunk);
+            } else {
+                k.client_send(link, &chunk);
+            }
         }
         let spec = &self.clients[c].spec;
         let l = &k.links[link];
@@ -380,6 +385,7 @@ impl Network {
         self.stats.short_writes = k.counts.short_writes;
         self.stats.emfile = k.counts.emfile;
         self.stats.aborted = k.counts.aborted;
+        self.stats.urgent_stops = k.counts.urgent_stops;
         self.stats.deadline_closes = report[Counter::DeadlineCloses];
         self.stats.rejected = report[Counter::Rejected];
         self.stats.bytes_echoed = report[Counter::BytesWritten];

@@ -46,6 +46,8 @@ pub struct ClientSpec {
     pub think: Nanos,
     /// Longest reading pause.
     pub pause: Nanos,
+    /// How often a send ends with an urgent byte (`MSG_OOB`), per mille.
+    pub urgent: u32,
 }
 
 /// Everything a run needs besides the live choices made while it runs.
@@ -148,6 +150,7 @@ fn client(e: &mut impl Entropy, payload: Option<&[u8]>) -> ClientSpec {
         recv_chunk: buf(e),
         think: e.pick(&[200 * MICRO, MICRO, 20 * MICRO, 2 * MILLI]),
         pause: e.pick(&[MILLI, 50 * MILLI, 400 * MILLI]),
+        urgent: e.pick(&[0, 0, 50, 300]),
     }
 }
 

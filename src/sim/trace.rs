@@ -46,6 +46,7 @@ pub enum Ev {
     Unacked(usize, usize),
     CloseShell,
     ClientSend(usize, usize),
+    ClientUrgent(usize, usize),
     ClientFin(usize),
     ClientRecv(usize, usize),
     ClientEof(usize),

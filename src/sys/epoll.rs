@@ -12,7 +12,8 @@ use crate::dispatch::{Readiness, Token};
 pub(crate) enum Interest {
     /// A listener or waker: readable, edge-triggered.
     ReadEdge,
-    /// A connection: in, out and peer half-close, edge-triggered, registered once for its lifetime.
+    /// A connection: in, urgent, out and peer half-close, edge-triggered, registered once for its
+    /// lifetime.
     ConnEdge,
 }
 
@@ -20,7 +21,9 @@ impl Interest {
     fn bits(self) -> u32 {
         let bits = match self {
             Interest::ReadEdge => libc::EPOLLIN | libc::EPOLLET,
-            Interest::ConnEdge => libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET,
+            Interest::ConnEdge => {
+                libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET
+            }
         };
         bits as u32
     }
@@ -30,11 +33,12 @@ impl Interest {
 pub(crate) fn readiness_from_epoll(bits: u32) -> Readiness {
     let has = |flag: libc::c_int| bits & flag as u32 != 0;
     Readiness {
-        readable: has(libc::EPOLLIN) || has(libc::EPOLLPRI),
+        readable: has(libc::EPOLLIN),
         writable: has(libc::EPOLLOUT),
         read_closed: has(libc::EPOLLRDHUP),
         hangup: has(libc::EPOLLHUP),
         error: has(libc::EPOLLERR),
+        urgent: has(libc::EPOLLPRI),
     }
 }
 
@@ -123,7 +127,9 @@ mod tests {
         let r = readiness_from_epoll((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
         assert!(r.readable && r.read_closed && !r.writable && !r.hangup && !r.error);
         let r = readiness_from_epoll((libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32);
-        assert!(r.writable && r.error && r.hangup && !r.readable);
+        assert!(r.writable && r.error && r.hangup && !r.readable && !r.urgent);
+        let r = readiness_from_epoll((libc::EPOLLIN | libc::EPOLLPRI) as u32);
+        assert!(r.readable && r.urgent);
     }
 
     #[test]
@@ -131,6 +137,7 @@ mod tests {
         let bits = Interest::ConnEdge.bits();
         for flag in [
             libc::EPOLLIN,
+            libc::EPOLLPRI,
             libc::EPOLLOUT,
             libc::EPOLLRDHUP,
             libc::EPOLLET,

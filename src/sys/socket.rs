@@ -55,13 +55,18 @@ pub(crate) fn bind_listener(addr: SocketAddr, claim: Claim) -> io::Result<OwnedF
     if claim == Claim::First {
         set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
     }
+    // Accepted sockets inherit both, which saves a call per connection: urgent bytes stay in the
+    // stream (echoed like any other byte, as RFC 6093 advises), and Nagle's delay is off (echoes
+    // are small and latency-bound).
+    set_flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE, true)?;
+    set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true)?;
     // SAFETY: listen on a bound socket we own.
     syscall!(listen(sock.as_raw_fd(), BACKLOG))?;
     Ok(sock)
 }
 
-/// Accepts one connection: non-blocking, close-on-exec, with Nagle's delay off (echoes are small
-/// and latency-bound).
+/// Accepts one connection: non-blocking, close-on-exec, with the listener's `SO_OOBINLINE` and
+/// `TCP_NODELAY`.
 pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
     // SAFETY: null address pointers are allowed; `listener` is an open listening socket.
@@ -72,10 +77,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         flags
     ))?;
     // SAFETY: accept4 just returned this descriptor and nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Best effort: a connection without it still echoes correctly.
-    let _ = set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
-    Ok(sock)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
@@ -171,6 +173,39 @@ mod tests {
         TcpListener::from(fd.try_clone().unwrap())
             .local_addr()
             .unwrap()
+    }
+
+    fn flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> bool {
+        let mut value: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are live and sized for one c_int.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
+        value != 0
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_urgent_inline_and_no_delay() {
+        use std::os::fd::AsFd;
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let _client = std::net::TcpStream::connect(local_addr(&listener)).unwrap();
+        let sock = loop {
+            match accept(listener.as_fd()) {
+                Ok(sock) => break sock,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE));
+        assert!(flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY));
     }
 
     #[test]
