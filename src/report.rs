@@ -401,6 +401,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_explains_every_counter() {
+        let readme = include_str!("../README.md");
+        let names = Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(Derived::ALL.iter().map(|d| d.name()));
+        for name in names {
+            let row = format!("| `{name}` |");
+            assert!(readme.contains(&row), "README.md has no row for {name}");
+        }
+    }
+
+    #[test]
     fn balance_detects_lost_bytes() {
         let mut r = with(&[(Counter::BytesRead, 10), (Counter::BytesWritten, 7)]);
         r.add(Counter::BytesDropped, 2);

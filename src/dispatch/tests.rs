@@ -762,6 +762,20 @@ fn every_descriptor_the_core_closes_is_counted() {
     assert_eq!(r[Counter::DescriptorsClosed], 4, "{r}");
 }
 
+// ----- idle timeout (the clock and the sweeps are tested over the simulated kernel) -----
+
+#[test]
+fn the_first_idle_sweep_comes_one_period_after_the_first_accept() {
+    let mut s = Shell::new(Settings {
+        idle_timeout: Some(Duration::from_millis(800)),
+        ..small()
+    });
+    assert_eq!(s.timeout_in(), None, "nothing to sweep yet");
+    s.open();
+    // An eighth of the timeout: never at once, which would make the worker poll in a loop.
+    assert_eq!(s.timeout_in(), Some(Duration::from_millis(100)));
+}
+
 // ----- tokens -----
 
 #[test]
