@@ -820,9 +820,11 @@ impl<E: Entropy> Kernel<E> {
         };
         let l = &self.links[link];
         let mut held = l.down.queue.len() + usize::from(l.write_shut && !l.down.queue.is_empty());
+        // Something sent may still wait for its acknowledgement: the last byte, or our FIN.
+        let sent_any = l.write_shut || l.audit.written > 0;
         if held > 0 && self.fault(Fault::AckEarly) {
             held = self.size(held) - 1;
-        } else if held == 0 && self.fault(Fault::AckLate) {
+        } else if held == 0 && sent_any && self.fault(Fault::AckLate) {
             held = 1;
         }
         self.note(Ev::Unacked(link, held));
