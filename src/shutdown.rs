@@ -297,41 +297,37 @@ mod loom_tests {
         });
     }
 
-    /// A worker that fails is joined like the others: the stop returns with its last published
-    /// counters, counted as failed, and the healthy worker's report.
+    /// Stops a healthy worker and one of `kind`; checks the sum keeps the other's published counts,
+    /// counted as failed, and returns the counts of what happened.
+    fn stop_beside_a(kind: Kind) -> (Arc<Counts>, Arc<Flag>) {
+        let counts = Arc::new(Counts::default());
+        let (other, flag) = worker(&counts, kind);
+        let report = Coordinator::new(vec![healthy(&counts), other]).stop();
+        assert_eq!(
+            report[Counter::Accepted],
+            2,
+            "the failed worker's counts are kept"
+        );
+        assert_eq!(report[Counter::WorkersFailed], 1);
+        (counts, flag)
+    }
+
+    /// A worker that fails is joined like the others.
     #[test]
     fn a_worker_whose_join_fails() {
         explore("a_worker_whose_join_fails", || {
-            let counts = Arc::new(Counts::default());
-            let (failing, _) = worker(&counts, Kind::Fails);
-            let coordinator = Coordinator::new(vec![healthy(&counts), failing]);
-            let report = coordinator.stop();
-            assert_eq!(
-                report[Counter::Accepted],
-                2,
-                "the failed worker's counts are kept"
-            );
-            assert_eq!(report[Counter::WorkersFailed], 1);
+            let (counts, _) = stop_beside_a(Kind::Fails);
             assert_done(&counts, 2);
         });
     }
 
-    /// A worker whose wake-up cannot be sent is not waited for (it would never end): the stop
-    /// returns with its last published counters, counted as failed.
+    /// A worker whose wake-up cannot be sent is not waited for (it would never end).
     #[test]
     fn a_wake_that_fails() {
         explore("a_wake_that_fails", || {
-            let counts = Arc::new(Counts::default());
-            let (unwakeable, flag) = worker(&counts, Kind::Unwakeable);
-            let coordinator = Coordinator::new(vec![healthy(&counts), unwakeable]);
-            let report = coordinator.stop();
-            assert_eq!(report[Counter::Accepted], 2);
-            assert_eq!(report[Counter::WorkersFailed], 1);
-            assert_eq!(
-                counts.joins.load(SeqCst),
-                1,
-                "only the woken worker is joined"
-            );
+            let (counts, flag) = stop_beside_a(Kind::Unwakeable);
+            let joined = counts.joins.load(SeqCst);
+            assert_eq!(joined, 1, "only the woken worker is joined");
             assert_eq!(counts.abandoned.load(SeqCst), 1);
             assert_eq!(counts.wakers_dropped.load(SeqCst), 2);
             // The process would end it; the model lets it end so every thread finishes.

@@ -8,17 +8,15 @@
 mod common;
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::process::Process;
-use common::{connect, echoes, eventually, read_verified, serial, End, Pattern};
+use common::process::{on_loopback, Process};
+use common::{connect, echoes, eventually, serial, End, Streamer};
 use epoll_echo::{Counter, Derived};
 use nix::sys::signal::Signal;
 
@@ -73,56 +71,53 @@ fn five_thousand_idle_clients_that_never_close_stop_within_a_second() {
 
 #[test]
 fn streams_that_stop_at_eof_without_closing_end_the_stop_within_a_second() {
+    stop_while_streaming(Linger::KeepOpen);
+}
+
+#[test]
+fn sigterm_while_streaming_exits_cleanly_and_accounts_for_every_byte() {
+    stop_while_streaming(Linger::CloseAtEof);
+}
+
+/// What a streaming client does with its socket once the echo has ended.
+#[derive(Clone, Copy, Debug)]
+enum Linger {
+    /// Keeps it open: the server must not wait for it to close.
+    KeepOpen,
+    /// Closes it at once, with the bytes the server never read still queued.
+    CloseAtEof,
+}
+
+/// Sixteen clients stream as fast as they can; SIGTERM; every client reads back exactly what the
+/// server read of it, ending in a clean EOF, all of it delivered, well before the drain deadline.
+fn stop_while_streaming(linger: Linger) {
     const STREAMS: u64 = 16;
     let _serial = serial();
     let (mut server, addr) = Process::start(&["--maxListeners", "2", "--drain-timeout", "10s"]);
-    let mut readers = Vec::new();
-    let mut writers = Vec::new();
-    for i in 0..STREAMS {
-        let mut rx = connect(addr);
-        let mut tx = rx.try_clone().expect("clone");
-        let eof = Arc::new(AtomicBool::new(false));
-        let stop_writing = Arc::clone(&eof);
-        writers.push(thread::spawn(move || {
-            let pattern = Pattern::new(i);
-            let mut off = 0u64;
-            while !stop_writing.load(Relaxed) {
-                match tx.write(pattern.at(off, 16 * 1024)) {
-                    Ok(n) => off += n as u64,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            // Keep the socket open after EOF: the server must not wait for us to close.
-            tx
-        }));
-        readers.push(thread::spawn(move || {
-            let ended = read_verified(&mut rx, &Pattern::new(i), u64::MAX);
-            eof.store(true, Relaxed);
-            (ended, rx)
-        }));
-    }
+    let streams: Vec<Streamer> = (0..STREAMS).map(|i| Streamer::start(addr, i)).collect();
     assert!(
         eventually(|| server.stats()[Counter::BytesWritten] >= STREAMS << 20),
         "the streams never got going"
     );
     let exit = server.terminate();
-    let ends: Vec<((u64, End), TcpStream)> = readers
-        .into_iter()
-        .map(|r| r.join().expect("reader"))
-        .collect();
-    let _open: Vec<TcpStream> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
+    let mut ends = Vec::new();
+    let mut open = Vec::new();
+    for stream in streams {
+        let (ended, sockets) = stream.finish();
+        ends.push(ended);
+        match linger {
+            Linger::KeepOpen => open.push(sockets),
+            Linger::CloseAtEof => drop(sockets),
+        }
+    }
     let report = exit.assert_clean();
-    let received: u64 = ends.iter().map(|((n, _), _)| n).sum();
+    let received: u64 = ends.iter().map(|(n, _)| n).sum();
     println!(
-        "{STREAMS} streams: exit after {:?}; received {received}; {report}",
+        "{STREAMS} streams ({linger:?}): exit after {:?}; received {received}; {report}",
         exit.took
     );
     assert!(
-        ends.iter().all(|((_, end), _)| *end == End::Eof),
+        ends.iter().all(|(_, end)| *end == End::Eof),
         "a client was reset"
     );
     assert_eq!(report[Counter::DeadlineCloses], 0, "{report}");
@@ -177,6 +172,8 @@ fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() 
     // The kernel held our echo unacknowledged at the close: counted, and the balance is exact.
     assert!(r[Counter::BytesUnacked] > 0, "{r}");
     assert!(r[Counter::BytesDropped] > 0, "{r}");
+    // Dropped is what the worker still held: never more than the pending cap (64 KiB by default).
+    assert!(r[Counter::BytesDropped] <= 64 * 1024, "{r}");
     assert_eq!(
         r[Counter::BytesRead],
         r.derived(Derived::BytesDelivered) + r[Counter::BytesUnacked] + r[Counter::BytesDropped]
@@ -203,16 +200,7 @@ fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() 
 #[test]
 fn a_worker_that_fails_is_reported_at_once_and_the_rest_stop_gracefully() {
     let _serial = serial();
-    let args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--maxListeners",
-        "1",
-        "--max-conns",
-        "4",
-    ];
+    let args = on_loopback(&["--maxListeners", "1", "--max-conns", "4"]);
     let mut server = Process::spawn_env(&args, &[("EPOLL_ECHO_FAIL_WORKER", "0:2")]);
     // The failing worker's connection-limit slots come back: its process would refuse nothing
     // more, but a second server is not needed to see it; the library test does.
@@ -246,16 +234,7 @@ fn full_stdout_and_stderr_pipes_never_hold_the_stop() {
     fill(&out_w);
     fill(&err_w);
     let server = Process::spawn_with(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--maxListeners",
-            "1",
-            "--drain-timeout",
-            "1s",
-        ],
+        &on_loopback(&["--maxListeners", "1", "--drain-timeout", "1s"]),
         Stdio::from(out_w),
         Stdio::from(err_w),
         None,
@@ -289,7 +268,7 @@ fn at_the_descriptor_limit_with_a_full_stderr_established_connections_keep_echoi
     let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
     fill(&err_w);
     let server = Process::spawn_with(
-        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        &on_loopback(&["--maxListeners", "1"]),
         Stdio::piped(),
         Stdio::from(err_w),
         Some(32),
@@ -362,7 +341,7 @@ fn signals_from_the_first_instant_the_process_can_take_them_stop_gracefully() {
     let _serial = serial();
     for signal in [Signal::SIGTERM, Signal::SIGUSR1, Signal::SIGHUP] {
         for _ in 0..10 {
-            let server = Process::spawn(&["--bind", "127.0.0.1", "--port", "0"]);
+            let server = Process::spawn(&on_loopback(&[]));
             // The earliest a process can take a signal is when it blocks it; before that the
             // kernel's default action applies to any program.
             server.wait_until_blocked(signal);

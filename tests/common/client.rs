@@ -3,7 +3,9 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use epoll_echo::sim::{Entropy, SeedRng};
@@ -195,4 +197,47 @@ pub fn read_verified(s: &mut TcpStream, pattern: &Pattern, limit: u64) -> (u64, 
         }
     }
     (got, End::Eof)
+}
+
+/// A client that sends the verifiable stream of its seed as fast as it can while another thread
+/// reads the echo back, checking every byte, until the server's EOF; it then stops sending and keeps
+/// its socket open until the result is dropped.
+pub struct Streamer {
+    writer: JoinHandle<TcpStream>,
+    reader: JoinHandle<((u64, End), TcpStream)>,
+}
+
+impl Streamer {
+    pub fn start(addr: SocketAddr, seed: u64) -> Streamer {
+        let mut rx = connect(addr);
+        let mut tx = rx.try_clone().expect("clone the client socket");
+        let eof = Arc::new(AtomicBool::new(false));
+        let stop_writing = Arc::clone(&eof);
+        let writer = thread::spawn(move || {
+            let pattern = Pattern::new(seed);
+            let mut off = 0u64;
+            while !stop_writing.load(Relaxed) {
+                match tx.write(pattern.at(off, 16 * 1024)) {
+                    Ok(n) => off += n as u64,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // Shut down or reset by the server: the stream is over.
+                    Err(_) => break,
+                }
+            }
+            tx
+        });
+        let reader = thread::spawn(move || {
+            let ended = read_verified(&mut rx, &Pattern::new(seed), u64::MAX);
+            eof.store(true, Relaxed);
+            (ended, rx)
+        });
+        Streamer { writer, reader }
+    }
+
+    /// Waits for the end of the echo: bytes read back and how it ended, and the still open socket.
+    pub fn finish(self) -> ((u64, End), (TcpStream, TcpStream)) {
+        let (ended, rx) = self.reader.join().expect("a wrong byte in the echo");
+        let tx = self.writer.join().expect("writer");
+        (ended, (rx, tx))
+    }
 }

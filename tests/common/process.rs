@@ -111,9 +111,8 @@ impl Process {
 
     /// [`Process::start`] under a descriptor limit.
     pub fn start_with(args: &[&str], nofile: Option<u64>) -> (Process, SocketAddr) {
-        let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
-        all.extend_from_slice(args);
-        let server = Process::spawn_with(&all, Stdio::piped(), Stdio::piped(), nofile);
+        let server =
+            Process::spawn_with(&on_loopback(args), Stdio::piped(), Stdio::piped(), nofile);
         let (addr, _) = server.listening();
         (server, addr)
     }
@@ -301,6 +300,13 @@ impl Exit {
         assert_eq!(r.active(), 0, "connections left open: {r}");
         r
     }
+}
+
+/// The arguments for a server on a free loopback port, followed by `args`.
+pub fn on_loopback<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
+    all.extend_from_slice(args);
+    all
 }
 
 /// The address and worker count from a start-up line.
