@@ -25,7 +25,8 @@ Exit status:
 /// A Linux TCP echo server (RFC 862): every byte received on a connection is sent back on it, in
 /// order. One listener, epoll instance and thread per worker, all on one port.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+// No bare `about`: it would put the crate's description first instead of the line above.
+#[command(version, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// TCP port to listen on (0 picks a free port)
     #[arg(long, default_value_t = 8080)]
