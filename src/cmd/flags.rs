@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long)]
     pub reuse_port: bool,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0 picks one)
+    /// [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
     #[arg(long, value_name = "SHELL", hide = true)]
     pub completions: Option<clap_complete::Shell>,
