@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use cmd::flags::Cli;
 use cmd::metrics::{Metrics, Sample};
+use cmd::notify;
 use cmd::output::Output;
 use cmd::signals::{Request, Signals};
 use epoll_echo::{Counter, Derived, LiveStats, Report, Server, StartError};
@@ -98,6 +99,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     // Scripts read stdout; the log keeps it too, in case stdout goes nowhere.
     output.stdout.line(&format!("epoll-echo: {listening}"));
     log::info!("{listening}");
+    notify::ready(&listening);
     let stats = server.live_stats();
     let code = match wait_for_stop(&mut signals, &server, &stats) {
         Ok(Why::Signal(signal)) => {
@@ -118,6 +120,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     let _ = thread::Builder::new()
         .name("epoll-echo-signals".into())
         .spawn(move || watch_during_stop(signals, &stats, &finishing));
+    notify::stopping("stopping: flushing to the clients");
     let report = server.stop();
     // Scrapes go on during the drain; the endpoint closes once every worker has joined.
     if let Some(metrics) = metrics {
