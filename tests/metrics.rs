@@ -350,3 +350,28 @@ fn a_metrics_address_that_cannot_be_bound_fails_start_up_with_one_line() {
         exit.assert_no_panic();
     }
 }
+
+#[test]
+fn the_readme_lists_every_series() {
+    let (server, _, metrics) = start(&[]);
+    let scraped = scrape(metrics);
+    server.terminate().assert_clean();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let operations = readme
+        .split_once("## Operations")
+        .map(|(_, rest)| rest)
+        .expect("an Operations section");
+    // Per-worker series are documented by their rule, the others one by one.
+    let mut missing: Vec<&String> = scraped
+        .docs
+        .keys()
+        .filter(|name| !name.starts_with("epoll_echo_worker_"))
+        .filter(|name| !operations.contains(&format!("`{name}")))
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "README's Operations section lacks {missing:?}"
+    );
+}
