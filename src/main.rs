@@ -1,4 +1,5 @@
-//! The `epoll-echo` binary: flags, signals, logging and exit codes; the server does the rest.
+//! The `epoll-echo` binary: flags, signals, logging, metrics, service-manager notifications and exit
+//! codes; the server does the rest.
 
 mod cmd;
 

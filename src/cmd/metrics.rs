@@ -144,26 +144,24 @@ impl Endpoint {
             }
             let accepting = self.accept_paused_until.is_none();
             let ready = match self.wait(now, accepting) {
-                Ok(ready) => ready,
+                Ok(Some(ready)) => ready,
+                Ok(None) => continue,
                 Err(e) => {
                     log::error!("metrics endpoint: cannot wait for events ({e}); closing it");
                     return;
                 }
             };
-            let Some((stop, listener, conns)) = ready else {
-                continue;
-            };
-            if !stop.is_empty() {
+            if !ready.stop.is_empty() {
                 return;
             }
             let (workers, source) = (self.workers, &self.source);
             let metrics = || render(workers, source);
-            let mut events = conns.into_iter();
+            let mut events = ready.conns.into_iter();
             self.conns.retain_mut(|conn| {
-                let ready = events.next().is_some_and(|e| !e.is_empty());
-                !ready || conn.progress(&metrics)
+                let woken = events.next().is_some_and(|e| !e.is_empty());
+                !woken || conn.progress(&metrics)
             });
-            if accepting && !listener.is_empty() {
+            if accepting && !ready.listener.is_empty() {
                 self.accept();
             }
         }
@@ -171,12 +169,7 @@ impl Endpoint {
 
     /// Polls the stop signal, the listener (when `accepting`) and every connection until one is
     /// ready or the next deadline; returns the events of each, or `None` when interrupted.
-    #[allow(clippy::type_complexity)]
-    fn wait(
-        &self,
-        now: Instant,
-        accepting: bool,
-    ) -> nix::Result<Option<(PollFlags, PollFlags, Vec<PollFlags>)>> {
+    fn wait(&self, now: Instant, accepting: bool) -> nix::Result<Option<Ready>> {
         let next = self
             .conns
             .iter()
@@ -210,9 +203,11 @@ impl Endpoint {
         let mut events = fds
             .iter()
             .map(|fd| fd.revents().unwrap_or(PollFlags::empty()));
-        let stop = events.next().unwrap_or(PollFlags::empty());
-        let listener = events.next().unwrap_or(PollFlags::empty());
-        Ok(Some((stop, listener, events.collect())))
+        Ok(Some(Ready {
+            stop: events.next().unwrap_or(PollFlags::empty()),
+            listener: events.next().unwrap_or(PollFlags::empty()),
+            conns: events.collect(),
+        }))
     }
 
     /// Accepts what is waiting, closing the oldest connections beyond the cap.
@@ -245,6 +240,13 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// What one poll found: the events of the stop signal, the listener and each connection in order.
+struct Ready {
+    stop: PollFlags,
+    listener: PollFlags,
+    conns: Vec<PollFlags>,
 }
 
 /// Where a connection is.
