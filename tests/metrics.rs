@@ -325,10 +325,14 @@ fn a_metrics_address_that_cannot_be_bound_fails_start_up_with_one_line() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind a listener");
     let addr = taken.local_addr().expect("its address").to_string();
     let not_here = "192.0.2.1:9100"; // TEST-NET-1: never a local address
-    for (metrics, why) in [
-        (addr.as_str(), "another socket already listens there"),
-        (not_here, "cannot serve metrics on"),
-    ] {
+    let mut cases = vec![(addr.as_str(), "another socket already listens there")];
+    // Binding sends nothing; a host with net.ipv4.ip_nonlocal_bind=1 would allow it, though.
+    if TcpListener::bind("192.0.2.1:0").is_err() {
+        cases.push((not_here, "Cannot assign requested address"));
+    } else {
+        println!("skipped {not_here}: this host binds addresses it does not have");
+    }
+    for (metrics, why) in cases {
         let args = [
             "--bind",
             "127.0.0.1",
