@@ -1,13 +1,18 @@
-//! The `epoll-echo` binary: flags, signals, logging and exit codes; the server does the rest.
+//! The `epoll-echo` binary: flags, signals, logging, metrics, service-manager notifications and exit
+//! codes; the server does the rest.
 
 mod cmd;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
 use cmd::flags::Cli;
+use cmd::metrics::{Metrics, Sample};
+use cmd::notify;
 use cmd::output::Output;
 use cmd::signals::{Request, Signals};
 use epoll_echo::{Counter, Derived, LiveStats, Report, Server, StartError};
@@ -56,14 +61,34 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     if cli.generate() {
         return 0;
     }
+    // Bound before the echo listeners, so a taken metrics address fails before anything serves.
+    let metrics_listener = match cli
+        .metrics_addr
+        .map(|a| (a, cmd::metrics::Listener::bind(a)))
+    {
+        None => None,
+        Some((_, Ok(listener))) => Some(listener),
+        Some((addr, Err(e))) => {
+            log::error!("{}", cannot_serve_metrics(addr, &e));
+            return 1;
+        }
+    };
     let server = match Server::start(cli.config()) {
-        Ok(server) => server,
+        Ok(server) => Arc::new(server),
         Err(e @ StartError::Bind { .. }) if in_use(&e) => {
             log::error!("{e}; --reuse-port shares a port on purpose");
             return 1;
         }
         Err(e) => {
             log::error!("{e}");
+            return 1;
+        }
+    };
+    let metrics = match metrics_listener.map(|l| serve_metrics(l, &server)) {
+        None => None,
+        Some(Ok(metrics)) => Some(metrics),
+        Some(Err(e)) => {
+            log::error!("cannot start the metrics endpoint: {e}");
             return 1;
         }
     };
@@ -75,6 +100,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     // Scripts read stdout; the log keeps it too, in case stdout goes nowhere.
     output.stdout.line(&format!("epoll-echo: {listening}"));
     log::info!("{listening}");
+    notify::ready(&listening);
     let stats = server.live_stats();
     let code = match wait_for_stop(&mut signals, &server, &stats) {
         Ok(Why::Signal(signal)) => {
@@ -95,7 +121,12 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     let _ = thread::Builder::new()
         .name("epoll-echo-signals".into())
         .spawn(move || watch_during_stop(signals, &stats, &finishing));
+    notify::stopping("stopping: flushing to the clients");
     let report = server.stop();
+    // Scrapes go on during the drain; the endpoint closes once every worker has joined.
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     summarize(&report, output);
     if report[Counter::WorkersFailed] > 0 {
         WORKER_FAILED
@@ -187,6 +218,32 @@ fn summarize(report: &Report, output: &Output) {
     let dropped = output.stderr.dropped() + output.stdout.dropped();
     if dropped > 0 {
         log::warn!("{dropped} log lines were dropped: the output was full");
+    }
+}
+
+/// Serves `/metrics` from the server's live counters on a thread of its own.
+fn serve_metrics(
+    listener: cmd::metrics::Listener,
+    server: &Arc<Server>,
+) -> std::io::Result<Metrics> {
+    let addr = listener.local_addr()?;
+    let stats = server.live_stats();
+    let failures = Arc::clone(server);
+    let source = Box::new(move || Sample {
+        per_worker: stats.per_worker(),
+        failed_workers: failures.failed_workers() as u64,
+    });
+    let metrics = Metrics::serve(listener, server.workers(), source)?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(metrics)
+}
+
+/// The one line for a metrics address that cannot be bound.
+fn cannot_serve_metrics(addr: SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!("cannot serve metrics on {addr}: another socket already listens there")
+    } else {
+        format!("cannot serve metrics on {addr}: {e}")
     }
 }
 

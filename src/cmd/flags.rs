@@ -25,7 +25,8 @@ Exit status:
 /// A Linux TCP echo server (RFC 862): every byte received on a connection is sent back on it, in
 /// order. One listener, epoll instance and thread per worker, all on one port.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+// No bare `about`: it would put the crate's description first instead of the line above.
+#[command(version, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// TCP port to listen on (0 picks a free port)
     #[arg(long, default_value_t = 8080)]
@@ -62,6 +63,11 @@ pub struct Cli {
     /// restart) instead of refusing to start; new connections are spread over all of them
     #[arg(long)]
     pub reuse_port: bool,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0 picks one)
+    /// [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
     #[arg(long, value_name = "SHELL", hide = true)]
@@ -107,7 +113,7 @@ impl Cli {
         }
         if self.man {
             // A full stdout or a closed pipe only loses the page.
-            let _ = clap_mangen::Man::new(command()).render(&mut out);
+            let _ = render_man(&mut out);
             return true;
         }
         false
@@ -147,6 +153,50 @@ fn planted_failure() -> Option<(usize, u64)> {
     let spec = std::env::var("EPOLL_ECHO_FAIL_WORKER").ok()?;
     let (worker, after) = spec.split_once(':')?;
     Some((worker.parse().ok()?, after.parse().ok()?))
+}
+
+/// The man page: clap's sections, with the signals and exit status as sections of their own
+/// (clap would fill them into one paragraph), and a short NAME line for `whatis` and `apropos`.
+fn render_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = command();
+    let description = cmd.get_about().map(|a| format!("{a}.")).unwrap_or_default();
+    let cmd = cmd
+        .about("a Linux TCP echo server (RFC 862)")
+        .long_about(description);
+    let man = clap_mangen::Man::new(cmd);
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.write_all(roff_sections(AFTER_HELP).as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// `AFTER_HELP` as roff: a line ending in `:` starts a section, an indented `TAG  text` line an
+/// entry, and a line indented further continues the entry's text.
+fn roff_sections(text: &str) -> String {
+    let escape = |s: &str| s.replace('\\', "\\e").replace('-', "\\-");
+    let mut roff = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            let title = trimmed.trim_end_matches(':').to_uppercase();
+            roff.push_str(&format!(".SH \"{}\"\n", escape(&title)));
+        } else if let Some((tag, body)) = line[2..]
+            .split_once("  ")
+            .filter(|_| !line[2..].starts_with(' '))
+        {
+            let tag = escape(tag.trim());
+            roff.push_str(&format!(".TP\n\\fB{tag}\\fR\n{}\n", escape(body.trim())));
+        } else {
+            roff.push_str(&format!("{}\n", escape(trimmed)));
+        }
+    }
+    roff
 }
 
 /// The clap command, for generated completions and the man page.
@@ -194,6 +244,17 @@ mod tests {
         assert_eq!(addr, "[::]:8080".parse().expect("address"));
         let cli = Cli::parse_from(["epoll-echo", "--bind", "127.0.0.1", "--port", "9"]);
         assert_eq!(cli.config().addr, "127.0.0.1:9".parse().expect("address"));
+    }
+
+    #[test]
+    fn the_signals_and_exit_codes_become_man_sections() {
+        let roff = roff_sections(AFTER_HELP);
+        assert!(roff.starts_with(".SH \"SIGNALS\"\n.TP\n\\fBSIGINT, SIGTERM, SIGHUP\\fR\n"));
+        assert!(roff.contains("\n.SH \"EXIT STATUS\"\n.TP\n\\fB0\\fR\nstopped gracefully\n"));
+        // A continuation line stays in its entry; a dash is escaped.
+        assert!(roff
+            .contains("\npeer holds every byte (or at \\-\\-drain\\-timeout), print a summary\n"));
+        assert!(roff.ends_with(".TP\n\\fB128+N\\fR\na second signal N ended the process at once\n"));
     }
 
     #[test]

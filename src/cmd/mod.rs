@@ -1,6 +1,8 @@
-//! The binary's parts besides `main`: its flags, its non-blocking output and its signals. The
-//! library knows none of them.
+//! The binary's parts besides `main`: its flags, its non-blocking output, its signals, its metrics
+//! endpoint and its notifications to a service manager. The library knows none of them.
 
 pub mod flags;
+pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod signals;

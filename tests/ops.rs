@@ -1,0 +1,239 @@
+//! The binary as an operator meets it: the port guard and `--reuse-port`, the dual-stack default,
+//! durations with units, clap's tip on a mistyped flag, `--help`, SIGHUP, and the log's format and
+//! `RUST_LOG` filter.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::OwnedFd;
+
+use common::process::{Exit, Process};
+use common::{connect, echoes};
+use epoll_echo::Counter;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn,
+};
+
+/// Asserts the exit of a server refused because `addr` is taken: exit 1, one line naming it.
+fn assert_refused(exit: &Exit, addr: SocketAddr) {
+    let (stdout, stderr) = (&exit.stdout, &exit.stderr);
+    assert_eq!(exit.status.code(), Some(1), "{stderr:?}");
+    assert_eq!(stderr.len(), 1, "want one line, got {stderr:?}");
+    let want = format!("cannot listen on {addr}: another socket already listens there");
+    assert!(stderr[0].contains(&want), "{stderr:?}");
+    assert!(stdout.is_empty(), "a server half started: {stdout:?}");
+    exit.assert_no_panic();
+}
+
+/// The flags for a server on `addr`.
+fn on(addr: SocketAddr) -> [String; 4] {
+    let ip = addr.ip().to_string();
+    let port = addr.port().to_string();
+    ["--bind".into(), ip, "--port".into(), port]
+}
+
+fn spawn(args: &[String]) -> Process {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Process::spawn(&args)
+}
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let (first, addr) = Process::start(&["--maxListeners", "2"]);
+    let mut args = on(addr).to_vec();
+    args.extend(["--maxListeners".into(), "2".into()]);
+    assert_refused(&spawn(&args).exit(), addr);
+    // The first one never noticed.
+    assert!(echoes(&mut connect(addr), b"still mine"));
+    first.terminate().assert_clean();
+}
+
+/// A listener of another program on a free loopback port, bound with `SO_REUSEPORT`.
+fn foreign_reuse_port_listener() -> TcpListener {
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    setsockopt(&fd, sockopt::ReusePort, &true).expect("SO_REUSEPORT");
+    let any_port = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+    use std::os::fd::AsRawFd;
+    bind(fd.as_raw_fd(), &any_port).expect("bind");
+    listen(&fd, Backlog::new(16).expect("backlog")).expect("listen");
+    TcpListener::from(fd)
+}
+
+#[test]
+fn a_foreign_reuse_port_listener_is_refused() {
+    let foreign = foreign_reuse_port_listener();
+    let addr = foreign.local_addr().expect("its address");
+    assert_refused(&spawn(&on(addr)).exit(), addr);
+}
+
+#[test]
+fn reuse_port_lets_two_servers_share_the_port() {
+    // The first was started as usual; the second, as in an overlapping restart, opts in.
+    let (mut old, addr) = Process::start(&["--maxListeners", "1"]);
+    let mut args = on(addr).to_vec();
+    args.extend(["--maxListeners".into(), "1".into(), "--reuse-port".into()]);
+    let mut new = spawn(&args);
+    let (shared, _) = new.listening();
+    assert_eq!(shared, addr);
+    // The kernel spreads connections by a hash of their addresses: both get some.
+    let mut served = 0;
+    for _round in 0..5 {
+        for i in 0..64 {
+            assert!(echoes(&mut connect(addr), format!("client {i}").as_bytes()));
+            served += 1;
+        }
+        let (a, b) = (old.stats(), new.stats());
+        if a[Counter::Accepted] > 0 && b[Counter::Accepted] > 0 {
+            break;
+        }
+    }
+    let (a, b) = (
+        old.terminate().assert_clean(),
+        new.terminate().assert_clean(),
+    );
+    assert!(
+        a[Counter::Accepted] > 0 && b[Counter::Accepted] > 0,
+        "{a}\n{b}"
+    );
+    assert_eq!(a[Counter::Accepted] + b[Counter::Accepted], served);
+}
+
+#[test]
+fn the_default_address_serves_ipv4_and_ipv6_clients() {
+    let server = Process::spawn(&["--port", "0", "--maxListeners", "1"]);
+    let (addr, _) = server.listening();
+    let port = addr.port();
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert!(echoes(&mut connect(v4), b"over IPv4"), "{v4}");
+    let host_has_ipv6 = TcpListener::bind("[::1]:0").is_ok();
+    if host_has_ipv6 {
+        assert_eq!(addr.to_string(), format!("[::]:{port}"));
+        let v6: SocketAddr = format!("[::1]:{port}").parse().expect("address");
+        assert!(echoes(&mut connect(v6), b"over IPv6"), "{v6}");
+    } else {
+        assert_eq!(addr.to_string(), format!("0.0.0.0:{port}"));
+        println!("skipped the ::1 client: this host has no IPv6");
+    }
+    let report = server.terminate().assert_clean();
+    let want = if host_has_ipv6 { 2 } else { 1 };
+    assert_eq!(report[Counter::Accepted], want, "{report}");
+}
+
+#[test]
+fn durations_take_units() {
+    for args in [
+        ["--drain-timeout", "500ms", "--idle-timeout", "1m"],
+        ["--drain-timeout", "1h30m", "--idle-timeout", "1h30m"],
+    ] {
+        let (server, addr) = Process::start(&args);
+        assert!(echoes(&mut connect(addr), b"timed"), "{args:?}");
+        server.terminate().assert_clean();
+    }
+}
+
+#[test]
+fn a_mistyped_flag_gets_the_error_and_the_tip() {
+    let exit = Process::spawn(&["--ports", "9000"]).exit();
+    assert_eq!(exit.status.code(), Some(2), "{:?}", exit.stderr);
+    let stderr = &exit.stderr;
+    assert_eq!(stderr.len(), 2, "want the error and the tip: {stderr:?}");
+    assert_eq!(stderr[0], "epoll-echo: unexpected argument '--ports' found");
+    assert!(stderr[1].trim_start().starts_with("tip:"), "{stderr:?}");
+    assert!(stderr[1].contains("'--port'"), "{stderr:?}");
+    assert!(exit.stdout.is_empty(), "{:?}", exit.stdout);
+}
+
+#[test]
+fn help_opens_with_what_it_does_and_ends_with_signals_and_exit_codes() {
+    let exit = Process::spawn(&["--help"]).exit();
+    assert_eq!(exit.status.code(), Some(0), "{:?}", exit.stderr);
+    let help = &exit.stdout;
+    assert!(
+        help[0].starts_with("A Linux TCP echo server (RFC 862): every byte received"),
+        "{help:?}"
+    );
+    let at = |needle: &str| {
+        help.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {help:?}"))
+    };
+    let (options, signals, status) = (at("--port"), at("Signals:"), at("Exit status:"));
+    assert!(options < signals && signals < status, "{help:?}");
+    for signal in ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"] {
+        assert!(at(signal) > signals, "{signal}");
+    }
+    let last = help.iter().rev().find(|l| !l.trim().is_empty());
+    assert!(
+        last.is_some_and(|l| l.trim_start().starts_with("128+N")),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn sighup_stops_gracefully() {
+    let (server, addr) = Process::start(&[]);
+    let mut client = connect(addr);
+    assert!(echoes(&mut client, b"before the hangup"));
+    drop(client);
+    server.signal(Signal::SIGHUP);
+    let exit = server.exit();
+    let report = exit.assert_clean();
+    assert_eq!(report[Counter::Accepted], 1, "{report}");
+    assert!(
+        exit.stderr
+            .iter()
+            .any(|l| l.contains("SIGHUP: stopping gracefully")),
+        "{:?}",
+        exit.stderr
+    );
+}
+
+/// Asserts `line` is `TIMESTAMP LEVEL epoll-echo: ...`; returns its level.
+fn level_of(line: &str) -> &str {
+    let mut words = line.split_whitespace();
+    let stamp = words.next().unwrap_or_default();
+    assert!(
+        humantime::parse_rfc3339(stamp).is_ok(),
+        "no timestamp: {line}"
+    );
+    let level = words.next().unwrap_or_default();
+    assert!(
+        ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+        "no level: {line}"
+    );
+    assert_eq!(words.next(), Some("epoll-echo:"), "{line}");
+    level
+}
+
+#[test]
+fn log_lines_carry_a_timestamp_and_a_level_and_rust_log_filters_them() {
+    let (server, _) = Process::start(&[]);
+    let exit = server.terminate();
+    exit.assert_clean();
+    assert!(exit.stderr.len() >= 3, "{:?}", exit.stderr);
+    for line in &exit.stderr {
+        level_of(line);
+    }
+
+    let args = ["--bind", "127.0.0.1", "--port", "0"];
+    let server = Process::spawn_env(&args, &[("RUST_LOG", "warn")]);
+    // The start-up line still reaches stdout (this waits for it); the info lines stay out of
+    // stderr.
+    server.listening();
+    let exit = server.terminate();
+    assert!(exit.status.success(), "{:?}", exit.status);
+    let info: Vec<&String> = exit
+        .stderr
+        .iter()
+        .filter(|l| !matches!(level_of(l), "ERROR" | "WARN"))
+        .collect();
+    assert!(info.is_empty(), "RUST_LOG=warn let these through: {info:?}");
+}
