@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use cmd::flags::Cli;
-use cmd::metrics::{Metrics, Sample};
+use cmd::metrics::{self, Metrics, Sample};
 use cmd::notify;
 use cmd::output::Output;
 use cmd::signals::{Request, Signals};
@@ -61,36 +61,8 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     if cli.generate() {
         return 0;
     }
-    // Bound before the echo listeners, so a taken metrics address fails before anything serves.
-    let metrics_listener = match cli
-        .metrics_addr
-        .map(|a| (a, cmd::metrics::Listener::bind(a)))
-    {
-        None => None,
-        Some((_, Ok(listener))) => Some(listener),
-        Some((addr, Err(e))) => {
-            log::error!("{}", cannot_serve_metrics(addr, &e));
-            return 1;
-        }
-    };
-    let server = match Server::start(cli.config()) {
-        Ok(server) => Arc::new(server),
-        Err(e @ StartError::Bind { .. }) if in_use(&e) => {
-            log::error!("{e}; --reuse-port shares a port on purpose");
-            return 1;
-        }
-        Err(e) => {
-            log::error!("{e}");
-            return 1;
-        }
-    };
-    let metrics = match metrics_listener.map(|l| serve_metrics(l, &server)) {
-        None => None,
-        Some(Ok(metrics)) => Some(metrics),
-        Some(Err(e)) => {
-            log::error!("cannot start the metrics endpoint: {e}");
-            return 1;
-        }
+    let Some((server, metrics)) = start(&cli) else {
+        return 1;
     };
     let listening = format!(
         "listening on {} with {} workers",
@@ -133,6 +105,40 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     } else {
         code
     }
+}
+
+/// Binds the metrics address, starts the server, then serves the metrics; `None` after logging
+/// why one of them failed.
+fn start(cli: &Cli) -> Option<(Arc<Server>, Option<Metrics>)> {
+    // Bound before the echo listeners, so a taken metrics address fails before anything serves.
+    let metrics_listener = match cli.metrics_addr.map(|a| (a, metrics::Listener::bind(a))) {
+        None => None,
+        Some((_, Ok(listener))) => Some(listener),
+        Some((addr, Err(e))) => {
+            log::error!("{}", cannot_serve_metrics(addr, &e));
+            return None;
+        }
+    };
+    let server = match Server::start(cli.config()) {
+        Ok(server) => Arc::new(server),
+        Err(e @ StartError::Bind { .. }) if in_use(&e) => {
+            log::error!("{e}; --reuse-port shares a port on purpose");
+            return None;
+        }
+        Err(e) => {
+            log::error!("{e}");
+            return None;
+        }
+    };
+    let metrics = match metrics_listener.map(|l| serve_metrics(l, &server)) {
+        None => None,
+        Some(Ok(metrics)) => Some(metrics),
+        Some(Err(e)) => {
+            log::error!("cannot start the metrics endpoint: {e}");
+            return None;
+        }
+    };
+    Some((server, metrics))
 }
 
 /// clap's message: `--help` and `--version` on stdout (exit 0), an error as its first line and
@@ -222,10 +228,7 @@ fn summarize(report: &Report, output: &Output) {
 }
 
 /// Serves `/metrics` from the server's live counters on a thread of its own.
-fn serve_metrics(
-    listener: cmd::metrics::Listener,
-    server: &Arc<Server>,
-) -> std::io::Result<Metrics> {
+fn serve_metrics(listener: metrics::Listener, server: &Arc<Server>) -> std::io::Result<Metrics> {
     let addr = listener.local_addr()?;
     let stats = server.live_stats();
     let failures = Arc::clone(server);
