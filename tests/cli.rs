@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::Duration;
 
-use common::process::{parse_listening, Process};
+use common::process::{on_loopback, parse_listening, Process};
 use common::{connect, echoes, write_until_stalled};
 use epoll_echo::Counter;
 use nix::sys::signal::Signal;
@@ -28,9 +28,7 @@ fn dev_full() -> Stdio {
 
 /// Starts a server on a free loopback port with `extra` flags.
 fn start(extra: &[&str]) -> (Process, SocketAddr, usize) {
-    let mut args = vec!["--bind", "127.0.0.1", "--port", "0"];
-    args.extend_from_slice(extra);
-    let server = Process::spawn(&args);
+    let server = Process::spawn(&on_loopback(extra));
     let (addr, workers) = server.listening();
     (server, addr, workers)
 }
@@ -191,7 +189,7 @@ fn echo_once(addr: SocketAddr) {
 fn an_unwritable_stdout_does_not_stop_the_server() {
     // The start-up line cannot be printed, so it goes to the log instead; serving goes on.
     let mut server = Process::spawn_with(
-        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        &on_loopback(&["--maxListeners", "1"]),
         dev_full(),
         Stdio::piped(),
         None,
@@ -204,7 +202,7 @@ fn an_unwritable_stdout_does_not_stop_the_server() {
 #[test]
 fn an_unwritable_stderr_does_not_stop_the_server() {
     let server = Process::spawn_with(
-        &["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "1"],
+        &on_loopback(&["--maxListeners", "1"]),
         Stdio::piped(),
         dev_full(),
         None,

@@ -7,7 +7,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::OwnedFd;
 
-use common::process::{Exit, Process};
+use common::process::{on_loopback, Exit, Process};
 use common::{connect, echoes};
 use epoll_echo::Counter;
 use nix::sys::signal::Signal;
@@ -223,8 +223,7 @@ fn log_lines_carry_a_timestamp_and_a_level_and_rust_log_filters_them() {
         level_of(line);
     }
 
-    let args = ["--bind", "127.0.0.1", "--port", "0"];
-    let server = Process::spawn_env(&args, &[("RUST_LOG", "warn")]);
+    let server = Process::spawn_env(&on_loopback(&[]), &[("RUST_LOG", "warn")]);
     // The start-up line still reaches stdout (this waits for it); the info lines stay out of
     // stderr.
     server.listening();
