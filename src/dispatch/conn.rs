@@ -31,8 +31,9 @@ pub enum Output {
     /// Our FIN is sent (the stop): nothing more is written, input is only discarded, and the
     /// connection closes once the peer holds every byte.
     Shut(Delivery),
-    /// An error edge or outcome: the connection is closed at its next turn.
-    Failed,
+    /// An error edge or outcome: the connection is closed at its next turn. `fin_sent`: our FIN
+    /// went out before, so the kernel's count of unacknowledged bytes includes it.
+    Failed { fin_sent: bool },
 }
 
 /// After our FIN: whether the kernel is to be asked if the peer holds every byte.
@@ -111,8 +112,23 @@ impl<S> Conn<S> {
             self.output = Output::Open;
         }
         if r.error {
-            self.output = Output::Failed;
+            self.fail();
         }
+    }
+
+    /// An error: the connection is closed at its next turn.
+    pub fn fail(&mut self) {
+        self.output = Output::Failed {
+            fin_sent: self.fin_sent(),
+        };
+    }
+
+    /// Our FIN is sent: the stop shut the write side, whatever happened after.
+    pub fn fin_sent(&self) -> bool {
+        matches!(
+            self.output,
+            Output::Shut(_) | Output::Failed { fin_sent: true }
+        )
     }
 
     /// A read returned `n` of the `asked` bytes.
@@ -133,7 +149,7 @@ impl<S> Conn<S> {
     /// The scheduler queues a connection exactly when this is `Some`, so "has work" and "what to
     /// do" can never disagree.
     pub fn next_step(&self, stopping: bool, room: Room) -> Option<Step> {
-        if self.output == Output::Failed {
+        if matches!(self.output, Output::Failed { .. }) {
             return Some(Step::Close);
         }
         if !self.pending.is_empty() {

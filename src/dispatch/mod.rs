@@ -414,7 +414,7 @@ impl<S> Dispatcher<S> {
             ReadOutcome::Eof => conn.input = Input::Ended,
             ReadOutcome::WouldBlock => conn.on_would_block(),
             ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
-            ReadOutcome::Failed => conn.output = Output::Failed,
+            ReadOutcome::Failed => conn.fail(),
         }
         if matches!(conn.output, Output::Shut(Delivery::Pending | Delivery::Due))
             && conn.input == Input::Drained
@@ -447,7 +447,7 @@ impl<S> Dispatcher<S> {
             }
             WriteOutcome::WouldBlock => 0,
             WriteOutcome::Failed => {
-                conn.output = Output::Failed;
+                conn.fail();
                 0
             }
         };
@@ -461,7 +461,7 @@ impl<S> Dispatcher<S> {
         match source {
             Source::Scratch(n) => {
                 let rest = &self.scratch[written..n];
-                if conn.output == Output::Failed {
+                if matches!(conn.output, Output::Failed { .. }) {
                     self.counts.add(Counter::BytesDropped, rest.len() as u64);
                 } else if !rest.is_empty() {
                     let cap = self.settings.max_pending;
@@ -644,10 +644,7 @@ impl<S> Dispatcher<S> {
 
     /// Closes a connection without proof of delivery, measuring first what the kernel still holds.
     fn abandon(&mut self, token: Token) {
-        let fin_sent = self
-            .conns
-            .get(token)
-            .is_some_and(|c| matches!(c.output, Output::Shut(_)));
+        let fin_sent = self.conns.get(token).is_some_and(Conn::fin_sent);
         if let Some(sock) = self.remove(token) {
             let op = Op::Abandon { fin_sent };
             self.outbox

@@ -981,6 +981,35 @@ fn drain_deadline_abandons_what_remains_and_counts_it() {
     assert!(r.balances(), "{r}");
 }
 
+/// An error edge after our FIN does not turn the FIN into a byte of echo: the kernel's count at a
+/// deadline close still includes the FIN, and it is still subtracted.
+#[test]
+fn an_error_after_our_fin_is_still_counted_without_the_fin_at_the_deadline() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.d.handle_stop();
+    s.drain_backlog();
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
+    s.expect_read(c);
+    s.d.handle_read(c, ReadOutcome::WouldBlock);
+    s.idle();
+    // The error and the deadline come in the same turn, before the failed connection is closed.
+    s.event(c, ERROR);
+    s.advance(Duration::from_secs(3600));
+    match s.d.poll_action() {
+        // The kernel holds only our FIN.
+        Some(Action::Abandon(_)) => s.d.handle_abandoned(DeliveryOutcome::Held(1)),
+        other => panic!("expected an abandon, got {other:?}"),
+    }
+    assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
+    assert!(s.d.is_finished());
+    assert_eq!(
+        s.counts([Counter::DeadlineCloses, Counter::BytesUnacked]),
+        [1, 0]
+    );
+    assert!(s.d.report().balances());
+}
+
 #[test]
 fn zero_drain_timeout_closes_everything_on_stop() {
     let mut s = Shell::new(Settings {
