@@ -41,9 +41,12 @@ pub enum Fault {
     AckEarly,
     /// The peer's acknowledgement of the last bytes (or of our FIN) is still on its way.
     AckLate,
+    /// What our kernel still counted unacknowledged had reached the peer (its acknowledgement
+    /// delayed): a RST after our close spares it.
+    RstSpares,
 }
 
-const COUNT: usize = 19;
+const COUNT: usize = 20;
 
 impl Fault {
     pub const ALL: [Fault; COUNT] = [
@@ -66,6 +69,7 @@ impl Fault {
         Fault::WriteReset,
         Fault::AckEarly,
         Fault::AckLate,
+        Fault::RstSpares,
     ];
 
     /// How many times rarer than the common faults this one is: a fault that ends a connection

@@ -48,6 +48,10 @@ enum Step {
     Unacked,
     /// The server shuts its write side.
     ShutdownWrite,
+    /// The server closes its socket.
+    Close,
+    /// The client reads until the end of the stream, a reset, or a pause.
+    ClientDrain,
 }
 
 /// What the shell saw.
@@ -57,7 +61,23 @@ enum Seen {
     NoEvent,
     Read(Outcome),
     Write(Outcome),
-    Unacked { held: bool },
+    Unacked {
+        held: bool,
+    },
+    /// What the client read, and how its reading ended.
+    Client {
+        got: usize,
+        end: ClientEnd,
+    },
+}
+
+/// How a client's reading ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientEnd {
+    Eof,
+    Reset,
+    /// Nothing more came for a while.
+    Quiet,
 }
 
 /// The kind of a read or write result.
@@ -170,8 +190,38 @@ impl Real {
                 let sock = self.server.as_ref().expect("accepted");
                 self.shell.shutdown_write(sock);
             }
+            Step::Close => self.server = None,
+            Step::ClientDrain => return vec![self.client_drain()],
         }
         Vec::new()
+    }
+
+    fn client_drain(&mut self) -> Seen {
+        let mut buf = vec![0; 64 * 1024];
+        let mut got = 0;
+        loop {
+            match self.client().read(&mut buf) {
+                Ok(0) => {
+                    return Seen::Client {
+                        got,
+                        end: ClientEnd::Eof,
+                    }
+                }
+                Ok(k) => got += k,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Seen::Client {
+                        got,
+                        end: ClientEnd::Quiet,
+                    }
+                }
+                Err(_) => {
+                    return Seen::Client {
+                        got,
+                        end: ClientEnd::Reset,
+                    }
+                }
+            }
+        }
     }
 
     /// One wait, up to 200 ms; the connection's event, if any.
@@ -271,6 +321,32 @@ impl Replay {
                 let sock = self.sock.as_ref().expect("accepted");
                 self.kernel.shutdown_write(sock);
             }
+            Step::Close => {
+                let sock = self.sock.take().expect("accepted");
+                self.kernel.close(sock);
+            }
+            Step::ClientDrain => {
+                let got = self.client_drain();
+                let same = match (seen, got) {
+                    // Everything to the end: the same bytes.
+                    (
+                        [Seen::Client {
+                            end: ClientEnd::Eof,
+                            ..
+                        }],
+                        _,
+                    ) => seen == [got],
+                    // Cut short: how much survives depends on buffer sizes the kernel does not
+                    // model; the way it ends must agree.
+                    ([Seen::Client { end, .. }], Seen::Client { end: sim_end, .. }) => {
+                        *end == sim_end
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return Err(format!("the client saw {seen:?}, the kernel gives {got:?}"));
+                }
+            }
             Step::Drain(size) => {
                 for s in seen {
                     self.produce(*s, size)?;
@@ -293,6 +369,28 @@ impl Replay {
             }
         }
         Ok(())
+    }
+
+    /// The client reads everything the kernel lets it: a reset if the server's RST destroyed
+    /// some, else the end of the stream if it came.
+    fn client_drain(&mut self) -> Seen {
+        let link = self.link();
+        let mut got = 0;
+        loop {
+            let bytes = self.kernel.client_recv(link, usize::MAX);
+            if bytes.is_empty() {
+                break;
+            }
+            got += bytes.len();
+        }
+        let end = if self.kernel.links[link].audit.reset_by_server {
+            ClientEnd::Reset
+        } else if self.kernel.client_eof(link) {
+            ClientEnd::Eof
+        } else {
+            ClientEnd::Quiet
+        };
+        Seen::Client { got, end }
     }
 
     /// Steers the kernel towards `seen` (a read or write of `size` bytes) and checks it gets there.
@@ -353,6 +451,7 @@ impl Replay {
                     .map_err(|e| format!("unacked: {e}"))?;
                 Seen::Unacked { held: n > 0 }
             }
+            Seen::Client { .. } => return Err(format!("{seen:?} is not the server's to produce")),
         };
         if got == seen {
             Ok(())
@@ -402,13 +501,25 @@ fn check(name: &str, script: &[Step]) -> Vec<(Step, Vec<Seen>)> {
         .expect("the listener is open");
     sim.link = Some(link);
     let _ = real.addr;
-    let mut record = Vec::new();
-    for &step in script {
-        let seen = real.step(step);
-        if let Err(why) = sim.step(step, &seen) {
-            panic!("{name}: at {step:?}: {why}\nthe real sequence so far: {record:?}");
+    let record: Vec<(Step, Vec<Seen>)> = script.iter().map(|&s| (s, real.step(s))).collect();
+    // Whether the client's reading reached the end of the stream: a RST before it spared all.
+    let spared = record.iter().any(|(_, seen)| {
+        matches!(
+            seen.as_slice(),
+            [Seen::Client {
+                end: ClientEnd::Eof,
+                ..
+            }]
+        )
+    });
+    for (i, (step, seen)) in record.iter().enumerate() {
+        if matches!(step, Step::Send(_)) && spared {
+            sim.steer(vec![Fault::RstSpares], None);
         }
-        record.push((step, seen));
+        if let Err(why) = sim.step(*step, seen) {
+            let so_far = &record[..i];
+            panic!("{name}: at {step:?}: {why}\nthe real sequence so far: {so_far:?}");
+        }
     }
     record
 }
@@ -544,4 +655,52 @@ fn delivery_after_our_fin() {
             Wait,
         ],
     );
+}
+
+/// Data for a socket we closed is answered with RST. What the peer's kernel acknowledged stays
+/// readable; then comes the end of the stream if our FIN was acknowledged too, else a reset.
+#[test]
+fn data_after_our_close_meets_a_reset_that_spares_what_was_acknowledged() {
+    use Step::*;
+    let delivered = check(
+        "close on delivery",
+        &[
+            Accept,
+            Wait,
+            Write(1000),
+            ShutdownWrite,
+            Unacked,
+            Close,
+            Send(4),
+            ClientDrain,
+        ],
+    );
+    let end = delivered.last().map(|(_, seen)| seen.as_slice());
+    let whole = Seen::Client {
+        got: 1000,
+        end: ClientEnd::Eof,
+    };
+    assert_eq!(end, Some(&[whole][..]), "{delivered:?}");
+    let held = check(
+        "close before delivery",
+        &[
+            Accept,
+            Wait,
+            Fill,
+            ShutdownWrite,
+            Unacked,
+            Close,
+            Send(4),
+            ClientDrain,
+        ],
+    );
+    let end = held.last().map(|(_, seen)| seen.as_slice());
+    let cut = matches!(
+        end,
+        Some([Seen::Client {
+            end: ClientEnd::Reset,
+            ..
+        }])
+    );
+    assert!(cut, "{held:?}");
 }

@@ -737,7 +737,7 @@ impl<E: Entropy> Kernel<E> {
         let l = &mut self.links[link];
         l.stage = Stage::Closed;
         l.audit.deadline_close = deadline;
-        l.audit.unacked_at_close = std::mem::take(&mut l.audit.last_unacked);
+        l.audit.held_at_close = l.audit.last_held.take();
         l.audit.closed_before_stop = !stopped;
         if l.token.is_none() && l.excluded.is_none() {
             // Closed before it was registered: the connection limit turned it away.
@@ -828,9 +828,12 @@ impl<E: Entropy> Kernel<E> {
             held = 1;
         }
         self.note(Ev::Unacked(link, held));
-        // What the worker counts as unacknowledged bytes if it closes now (our FIN is not a byte).
-        let l = &mut self.links[link];
-        l.audit.last_unacked = (held.saturating_sub(usize::from(l.write_shut))) as u64;
+        let now = self.now();
+        let audit = &mut self.links[link].audit;
+        audit.last_held = Some(held);
+        if held > 0 {
+            audit.told_held_at = now;
+        }
         Ok(held)
     }
 
@@ -858,15 +861,13 @@ impl<E: Entropy> Kernel<E> {
             && l.broken == Break::Intact
             && l.down.queue.is_empty()
             && l.up.queued() == 0;
-        // The worker must have woken at least once, a grace period after the peer held it all,
-        // and still not closed it (a model test may let virtual time jump with no turn between).
+        // The worker must have woken at least once, a grace period after the peer held it all
+        // and the kernel last said otherwise, and still not closed it (a model test may let
+        // virtual time jump with no turn between).
         let grace = 2 * MAX_DELIVERY_CHECK.as_nanos() as Nanos;
-        let woke_after_grace = self
-            .activity
-            .waits
-            .0
-            .is_some_and(|w| w >= l.last_active + grace);
-        let quiet = self.now() - l.last_active;
+        let since = l.last_active.max(l.audit.told_held_at);
+        let woke_after_grace = self.activity.waits.0.is_some_and(|w| w >= since + grace);
+        let quiet = self.now() - since;
         if held_all && woke_after_grace {
             self.violate(
                 Rule::Stop,
@@ -914,18 +915,51 @@ impl<E: Entropy> Kernel<E> {
     /// The client sends `bytes` (within its send room). Data for a socket the server closed is
     /// answered with RST.
     pub fn client_send(&mut self, link: usize, bytes: &[u8]) {
-        if self.links[link].stage == Stage::Closed {
-            self.links[link].audit.reset_by_server = true;
-            self.links[link].down.queue.clear();
-            return;
+        if !self.reset_if_closed(link) {
+            self.client_act(link, Ev::ClientSend(link, bytes.len()), |l| l.send(bytes));
         }
-        self.client_act(link, Ev::ClientSend(link, bytes.len()), |l| l.send(bytes));
     }
 
     /// The client sends `bytes` with `MSG_OOB`: the last byte is urgent.
     pub fn client_send_urgent(&mut self, link: usize, bytes: &[u8]) {
-        let ev = Ev::ClientUrgent(link, bytes.len());
-        self.client_act(link, ev, |l| l.send_urgent(bytes));
+        if !self.reset_if_closed(link) {
+            let ev = Ev::ClientUrgent(link, bytes.len());
+            self.client_act(link, ev, |l| l.send_urgent(bytes));
+        }
+    }
+
+    /// Data for a socket the server closed is answered with RST, which throws away what the
+    /// server's kernel had not yet had acknowledged: here all the client has not read (our FIN
+    /// counts as acknowledged once everything before it is). Echo it destroys is a violation
+    /// unless the drain deadline excuses it; after a close on delivery it destroys nothing.
+    fn reset_if_closed(&mut self, link: usize) -> bool {
+        let l = &mut self.links[link];
+        if l.stage != Stage::Closed {
+            return false;
+        }
+        // The client's kernel acknowledges from the front, and keeps what it acknowledged
+        // readable after the RST: the tail the kernel last called unacknowledged is lost, with
+        // our FIN if it was counted; without a question, all the client has not read. Unless
+        // all of it had in fact arrived, its acknowledgement delayed.
+        let unread = l.down.queue.len() + usize::from(l.down.fin);
+        let held = l
+            .audit
+            .held_at_close
+            .map_or(unread, |held| held.min(unread));
+        let lost = if held > 0 && self.fault(Fault::RstSpares) {
+            0
+        } else {
+            held
+        };
+        let l = &mut self.links[link];
+        if lost > 0 {
+            l.audit.reset_by_server = true;
+            let keep = unread - lost;
+            l.down.queue.truncate(keep);
+            l.down.fin = false;
+        }
+        self.note(Ev::ResetByServer(link, lost));
+        true
     }
 
     pub fn client_fin(&mut self, link: usize) {
@@ -1013,7 +1047,7 @@ impl<E: Entropy> Kernel<E> {
                 "bytes_unacked",
                 report[Counter::BytesUnacked],
                 // The layers that audit run without an idle timeout: only the deadline abandons.
-                sum(|l| l.audit.unacked_at_close * u64::from(l.audit.deadline_close)),
+                sum(|l| l.audit.unacked_at_close(l.write_shut) * u64::from(l.audit.deadline_close)),
             ),
             (
                 "deadline_closes",

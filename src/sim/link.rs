@@ -101,6 +101,15 @@ pub struct Downstream {
     pub saw_eof: bool,
 }
 
+impl Audit {
+    /// Bytes of echo the kernel held unacknowledged at the close, as the worker was told.
+    pub fn unacked_at_close(&self, write_shut: bool) -> u64 {
+        self.held_at_close.map_or(0, |held| {
+            held.saturating_sub(usize::from(write_shut)) as u64
+        })
+    }
+}
+
 impl Downstream {
     pub fn room(&self) -> usize {
         self.cap - self.queue.len()
@@ -126,10 +135,14 @@ pub struct Audit {
     pub deadline_close: bool,
     /// The server's close sent RST (it closed with input unread).
     pub reset_by_server: bool,
-    /// What the kernel last said the peer had not acknowledged, in bytes.
-    pub last_unacked: u64,
+    /// What the kernel last said the peer had not acknowledged (`SIOCOUTQ`, our FIN counted as
+    /// one), if the worker asked.
+    pub last_held: Option<usize>,
     /// The same, taken at the close.
-    pub unacked_at_close: u64,
+    pub held_at_close: Option<usize>,
+    /// When the kernel last told the worker something was unacknowledged (a late acknowledgement
+    /// says so even after the peer holds everything).
+    pub told_held_at: u64,
 }
 
 /// One connection.
@@ -181,9 +194,10 @@ impl Link {
         self.up.cap.saturating_sub(self.up.queued())
     }
 
-    /// The client may still act: connected, not broken, not told to go away.
+    /// The client may still send: its own end is intact and not shut. Whether the server closed
+    /// its socket the client cannot know; sending then is answered with RST.
     pub fn client_can_send(&self) -> bool {
-        matches!(self.stage, Stage::Queued | Stage::Open)
+        matches!(self.stage, Stage::Queued | Stage::Open | Stage::Closed)
             && self.broken == Break::Intact
             && !self.up.fin
     }

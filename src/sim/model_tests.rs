@@ -236,6 +236,20 @@ impl Model {
         (!connected.is_empty()).then(|| connected[c as usize % connected.len()])
     }
 
+    /// The `c`-th client that may still send and read: the client cannot know whether the
+    /// server closed its socket.
+    fn pick_sender(&self, c: u8) -> Option<usize> {
+        let k = self.kernel();
+        let live: Vec<usize> = self
+            .clients
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&l| k.links[l].stage != Stage::Lost)
+            .collect();
+        (!live.is_empty()).then(|| live[c as usize % live.len()])
+    }
+
     /// The `c`-th closed client's link, if any.
     fn pick_closed(&self, c: u8) -> Option<usize> {
         let k = self.kernel();
@@ -257,12 +271,12 @@ impl Model {
             }
             Op::ListenerEdge => self.k().listener_edge(),
             Op::Send(c, n) => {
-                if let Some(l) = self.pick(c) {
+                if let Some(l) = self.pick_sender(c) {
                     self.send(l, n as usize, false);
                 }
             }
             Op::SendUrgent(c, n) => {
-                if let Some(l) = self.pick(c) {
+                if let Some(l) = self.pick_sender(c) {
                     self.send(l, n as usize, true);
                 }
             }
@@ -272,7 +286,7 @@ impl Model {
                 }
             }
             Op::Drain(c) => {
-                if let Some(l) = self.pick(c) {
+                if let Some(l) = self.pick_sender(c) {
                     self.drain(l);
                 }
             }
@@ -345,7 +359,7 @@ impl Model {
     /// The client reads everything echoed so far.
     fn drain(&mut self, link: usize) {
         let l = &self.kernel().links[link];
-        if l.is_open() && l.broken == Break::Intact {
+        if l.broken == Break::Intact && !l.audit.reset_by_server {
             self.k().client_recv(link, usize::MAX);
         }
     }
@@ -443,6 +457,12 @@ impl Model {
     fn check_echo_complete(&mut self) {
         let mut found = Vec::new();
         for (i, l) in self.kernel().links.iter().enumerate() {
+            // Before the deadline no RST may destroy echo: a close comes only once the peer
+            // holds every byte, whatever the peer sends after it.
+            let spared = l.excluded.is_some() || l.audit.deadline_close;
+            if l.stage == Stage::Closed && l.audit.reset_by_server && !spared {
+                found.push(format!("link {i}: reset by the server before the deadline"));
+            }
             let clean = l.stage == Stage::Closed
                 && l.audit.eof_read
                 && l.excluded.is_none()

@@ -227,20 +227,21 @@ impl Network {
                 return;
             }
         }
+        if l.stage == Stage::Closed && l.audit.reset_by_server {
+            // The server's RST reached the client: its next call fails with ECONNRESET.
+            self.done(c);
+            return;
+        }
         // Send.
         let left = spec.payload.len() - l.up.sent.len();
         let room = l.send_room();
         if l.client_can_send() && !l.down.saw_eof && left > 0 && room > 0 {
-            if l.stage == Stage::Closed {
-                // Data to a closed socket: the kernel answers with RST.
-                k.client_send(link, &[]);
-                self.done(c);
-                return;
-            }
             let max = left.min(room).min(spec.send_chunk) as u64;
             let n = k.rng.upto(max) as usize;
             let from = l.up.sent.len();
             let chunk = spec.payload[from..from + n].to_vec();
+            // The client cannot know the server closed: sending then is answered with RST, and
+            // the client reads what survived it.
             if k.rng.chance(spec.urgent) {
                 k.client_send_urgent(link, &chunk);
             } else {

@@ -52,6 +52,8 @@ pub enum Ev {
     ClientEof(usize),
     ClientReset(usize),
     ClientVanish(usize),
+    /// Data came for a closed socket: RST, and this many unread bytes of echo were lost.
+    ResetByServer(usize, usize),
     ClientPause(usize, Nanos),
     Note(String),
 }
