@@ -208,6 +208,49 @@ where
     Ok(())
 }
 
+/// One line per server and set-up among `rows`, coloured by server, then the legend. `points`
+/// turns the rows of one server and set-up into the line's points; no points, no line.
+fn draw_series_with_legend<'chart, 'svg: 'chart, C>(
+    chart: &mut ChartContext<'chart, SVGBackend<'svg>, C>,
+    servers: &[&str],
+    rows: &[&Median],
+    points: impl Fn(&[&Median]) -> Vec<(f64, f64)>,
+) -> Result<(), String>
+where
+    C: plotters::coord::CoordTranslate<From = (f64, f64)>,
+{
+    for (i, server) in servers.iter().enumerate() {
+        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
+            let series: Vec<&Median> = rows
+                .iter()
+                .copied()
+                .filter(|m| m.server == *server && m.setup == setup)
+                .collect();
+            let points = points(&series);
+            if points.is_empty() {
+                continue;
+            }
+            let colour = COLOURS[i % COLOURS.len()];
+            draw_line(
+                chart,
+                points,
+                colour,
+                setup != "pinned",
+                &format!("{server} ({setup})"),
+            )?;
+        }
+    }
+    drawn(
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw(),
+    )
+}
+
 fn no_data(area: &DrawingArea<SVGBackend<'_>, Shift>, title: &str) -> Result<(), String> {
     drawn(area.titled(title, (FONT, 16)))?;
     let (w, h) = area.dim_in_pixel();
@@ -257,36 +300,14 @@ fn throughput_panel(
             .y_label_formatter(&|r| rate_label(*r))
             .draw(),
     )?;
-    for (i, server) in servers.iter().enumerate() {
-        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
-            let mut points: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|m| m.server == *server && m.setup == setup)
-                .map(|m| (m.conns as f64, m.msgs_per_s))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let colour = COLOURS[i % COLOURS.len()];
-            draw_line(
-                &mut chart,
-                points,
-                colour,
-                setup != "pinned",
-                &format!("{server} ({setup})"),
-            )?;
-        }
-    }
-    drawn(
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw(),
-    )
+    draw_series_with_legend(&mut chart, servers, &rows, |series| {
+        let mut points: Vec<(f64, f64)> = series
+            .iter()
+            .map(|m| (m.conns as f64, m.msgs_per_s))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
+    })
 }
 
 /// Latency at each percentile, per server, for one scenario.
@@ -341,42 +362,16 @@ fn latency_panel(
             .y_label_formatter(&|us| tick_label(*us))
             .draw(),
     )?;
-    for (i, server) in servers.iter().enumerate() {
-        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
-            let Some(m) = rows
-                .iter()
-                .find(|m| m.server == *server && m.setup == setup)
-            else {
-                continue;
-            };
-            let points: Vec<(f64, f64)> = m
-                .latency
+    // One median per server and set-up in a scenario; should there be more, the first is drawn.
+    draw_series_with_legend(&mut chart, servers, &rows, |series| {
+        series.first().map_or_else(Vec::new, |m| {
+            m.latency
                 .iter()
                 .enumerate()
                 .filter_map(|(k, v)| v.filter(|v| *v > 0.0).map(|v| (k as f64, v)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let colour = COLOURS[i % COLOURS.len()];
-            draw_line(
-                &mut chart,
-                points,
-                colour,
-                setup != "pinned",
-                &format!("{server} ({setup})"),
-            )?;
-        }
-    }
-    drawn(
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw(),
-    )
+                .collect()
+        })
+    })
 }
 
 /// The whole figure as SVG text.
