@@ -208,6 +208,20 @@ where
     Ok(())
 }
 
+/// A panel's chart builder with the caption, margin and label areas every panel shares.
+fn panel_builder<'area, 'svg>(
+    area: &'area DrawingArea<SVGBackend<'svg>, Shift>,
+    title: &str,
+) -> ChartBuilder<'area, 'static, SVGBackend<'svg>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
 /// One line per server and set-up among `rows`, coloured by server, then the legend. `points`
 /// turns the rows of one server and set-up into the line's points; no points, no line.
 fn draw_series_with_legend<'chart, 'svg: 'chart, C>(
@@ -284,11 +298,7 @@ fn throughput_panel(
         .max(1.0)
         * 1.1;
     let mut chart = drawn(
-        ChartBuilder::on(area)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
+        panel_builder(area, &title)
             .build_cartesian_2d((1f64..max_conns * 1.2).log_scale(), 0f64..top),
     )?;
     drawn(
@@ -333,17 +343,12 @@ fn latency_panel(
     let low = values.iter().copied().fold(f64::INFINITY, f64::min) * 0.8;
     let high = values.iter().copied().fold(0.0, f64::max) * 1.25;
     let mut chart = drawn(
-        ChartBuilder::on(area)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(
-                -0.3f64..4.3f64,
-                (low..high)
-                    .log_scale()
-                    .with_key_points(ticks_125(low, high)),
-            ),
+        panel_builder(area, &title).build_cartesian_2d(
+            -0.3f64..4.3f64,
+            (low..high)
+                .log_scale()
+                .with_key_points(ticks_125(low, high)),
+        ),
     )?;
     drawn(
         chart
