@@ -208,6 +208,63 @@ where
     Ok(())
 }
 
+/// A panel's chart builder with the caption, margin and label areas every panel shares.
+fn panel_builder<'area, 'svg>(
+    area: &'area DrawingArea<SVGBackend<'svg>, Shift>,
+    title: &str,
+) -> ChartBuilder<'area, 'static, SVGBackend<'svg>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
+/// One line per server and set-up among `rows`, coloured by server, then the legend. `points`
+/// turns the rows of one server and set-up into the line's points; no points, no line.
+fn draw_series_with_legend<'chart, 'svg: 'chart, C>(
+    chart: &mut ChartContext<'chart, SVGBackend<'svg>, C>,
+    servers: &[&str],
+    rows: &[&Median],
+    points: impl Fn(&[&Median]) -> Vec<(f64, f64)>,
+) -> Result<(), String>
+where
+    C: plotters::coord::CoordTranslate<From = (f64, f64)>,
+{
+    for (i, server) in servers.iter().enumerate() {
+        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
+            let series: Vec<&Median> = rows
+                .iter()
+                .copied()
+                .filter(|m| m.server == *server && m.setup == setup)
+                .collect();
+            let points = points(&series);
+            if points.is_empty() {
+                continue;
+            }
+            let colour = COLOURS[i % COLOURS.len()];
+            draw_line(
+                chart,
+                points,
+                colour,
+                setup != "pinned",
+                &format!("{server} ({setup})"),
+            )?;
+        }
+    }
+    drawn(
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw(),
+    )
+}
+
 fn no_data(area: &DrawingArea<SVGBackend<'_>, Shift>, title: &str) -> Result<(), String> {
     drawn(area.titled(title, (FONT, 16)))?;
     let (w, h) = area.dim_in_pixel();
@@ -241,11 +298,7 @@ fn throughput_panel(
         .max(1.0)
         * 1.1;
     let mut chart = drawn(
-        ChartBuilder::on(area)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
+        panel_builder(area, &title)
             .build_cartesian_2d((1f64..max_conns * 1.2).log_scale(), 0f64..top),
     )?;
     drawn(
@@ -257,36 +310,14 @@ fn throughput_panel(
             .y_label_formatter(&|r| rate_label(*r))
             .draw(),
     )?;
-    for (i, server) in servers.iter().enumerate() {
-        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
-            let mut points: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|m| m.server == *server && m.setup == setup)
-                .map(|m| (m.conns as f64, m.msgs_per_s))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let colour = COLOURS[i % COLOURS.len()];
-            draw_line(
-                &mut chart,
-                points,
-                colour,
-                setup != "pinned",
-                &format!("{server} ({setup})"),
-            )?;
-        }
-    }
-    drawn(
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw(),
-    )
+    draw_series_with_legend(&mut chart, servers, &rows, |series| {
+        let mut points: Vec<(f64, f64)> = series
+            .iter()
+            .map(|m| (m.conns as f64, m.msgs_per_s))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
+    })
 }
 
 /// Latency at each percentile, per server, for one scenario.
@@ -312,17 +343,12 @@ fn latency_panel(
     let low = values.iter().copied().fold(f64::INFINITY, f64::min) * 0.8;
     let high = values.iter().copied().fold(0.0, f64::max) * 1.25;
     let mut chart = drawn(
-        ChartBuilder::on(area)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(
-                -0.3f64..4.3f64,
-                (low..high)
-                    .log_scale()
-                    .with_key_points(ticks_125(low, high)),
-            ),
+        panel_builder(area, &title).build_cartesian_2d(
+            -0.3f64..4.3f64,
+            (low..high)
+                .log_scale()
+                .with_key_points(ticks_125(low, high)),
+        ),
     )?;
     drawn(
         chart
@@ -341,42 +367,16 @@ fn latency_panel(
             .y_label_formatter(&|us| tick_label(*us))
             .draw(),
     )?;
-    for (i, server) in servers.iter().enumerate() {
-        for setup in distinct(rows.iter().map(|m| m.setup.as_str())) {
-            let Some(m) = rows
-                .iter()
-                .find(|m| m.server == *server && m.setup == setup)
-            else {
-                continue;
-            };
-            let points: Vec<(f64, f64)> = m
-                .latency
+    // One median per server and set-up in a scenario; should there be more, the first is drawn.
+    draw_series_with_legend(&mut chart, servers, &rows, |series| {
+        series.first().map_or_else(Vec::new, |m| {
+            m.latency
                 .iter()
                 .enumerate()
                 .filter_map(|(k, v)| v.filter(|v| *v > 0.0).map(|v| (k as f64, v)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let colour = COLOURS[i % COLOURS.len()];
-            draw_line(
-                &mut chart,
-                points,
-                colour,
-                setup != "pinned",
-                &format!("{server} ({setup})"),
-            )?;
-        }
-    }
-    drawn(
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 12))
-            .draw(),
-    )
+                .collect()
+        })
+    })
 }
 
 /// The whole figure as SVG text.

@@ -97,6 +97,27 @@ fn bench_ok(args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Runs `kind` against `addr` with `flags`, expecting exit status 0, and returns its stdout.
+fn bench_at(kind: &str, addr: &str, flags: &[&str]) -> String {
+    let mut args = vec![kind, "--addr", addr];
+    args.extend_from_slice(flags);
+    bench_ok(&args)
+}
+
+/// Runs `kind` as `bench_at` does, exporting into a temporary directory; returns the summary and
+/// the exported run.
+fn bench_exported(kind: &str, addr: &str, flags: &[&str]) -> (String, Value) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let export = dir.path().join(format!("{kind}.json"));
+    let export_arg = export.to_string_lossy().into_owned();
+    let mut args = flags.to_vec();
+    args.extend(["--export-json", &export_arg]);
+    let summary = bench_at(kind, addr, &args);
+    // Indexing, not taking: a missing run reads as null and fails the caller's checks with it.
+    let run = read_json(&export)["results"][0].clone();
+    (summary, run)
+}
+
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -155,27 +176,23 @@ fn check_summary(summary: &str, kind: &str, labels: &[&str]) {
 #[test]
 fn ping_reports_a_summary_and_exports_its_fields() {
     let server = reference();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let export = dir.path().join("ping.json");
-    let export_arg = export.to_string_lossy().into_owned();
     let pid = server.pid();
-    let summary = bench_ok(&[
+    let (summary, run) = bench_exported(
         "ping",
-        "--addr",
         &server.addr,
-        "--server-pid",
-        &pid,
-        "--conns",
-        "4",
-        "--depth",
-        "4",
-        "--duration",
-        "500ms",
-        "--warmup",
-        "100ms",
-        "--export-json",
-        &export_arg,
-    ]);
+        &[
+            "--server-pid",
+            &pid,
+            "--conns",
+            "4",
+            "--depth",
+            "4",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
     check_summary(
         &summary,
         "ping",
@@ -201,9 +218,7 @@ fn ping_reports_a_summary_and_exports_its_fields() {
         summary.contains("CPU per message") && summary.contains("MiB peak RSS"),
         "{summary}"
     );
-    let doc = read_json(&export);
-    let run = &doc["results"][0];
-    check_run_fields(run, "ping");
+    check_run_fields(&run, "ping");
     assert_eq!(
         (run["conns"].as_u64(), run["depth"].as_u64()),
         (Some(4), Some(4))
@@ -219,24 +234,20 @@ fn ping_reports_a_summary_and_exports_its_fields() {
 #[test]
 fn stream_schedules_its_rate_and_exports_its_fields() {
     let server = reference();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let export = dir.path().join("stream.json");
-    let export_arg = export.to_string_lossy().into_owned();
-    let summary = bench_ok(&[
+    let (summary, run) = bench_exported(
         "stream",
-        "--addr",
         &server.addr,
-        "--rate",
-        "2000",
-        "--conns",
-        "4",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--export-json",
-        &export_arg,
-    ]);
+        &[
+            "--rate",
+            "2000",
+            "--conns",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+        ],
+    );
     check_summary(
         &summary,
         "stream",
@@ -248,36 +259,25 @@ fn stream_schedules_its_rate_and_exports_its_fields() {
     );
     assert!(summary.contains("scheduled send time"), "{summary}");
     assert!(summary.contains("no warm-up"), "{summary}");
-    let run = &read_json(&export)["results"][0];
-    check_run_fields(run, "stream");
+    check_run_fields(&run, "stream");
     assert_eq!(run["rate"], 2000.0);
 }
 
 #[test]
 fn churn_counts_connections_and_exports_its_fields() {
     let server = reference();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let export = dir.path().join("churn.json");
-    let export_arg = export.to_string_lossy().into_owned();
-    let summary = bench_ok(&[
+    let (summary, run) = bench_exported(
         "churn",
-        "--addr",
         &server.addr,
-        "--duration",
-        "500ms",
-        "--warmup",
-        "100ms",
-        "--export-json",
-        &export_arg,
-    ]);
+        &["--duration", "500ms", "--warmup", "100ms"],
+    );
     check_summary(
         &summary,
         "churn",
         &["messages", "rate", "throughput", "latency", "errors"],
     );
     assert!(summary.contains("conns/s"), "{summary}");
-    let run = &read_json(&export)["results"][0];
-    check_run_fields(run, "churn");
+    check_run_fields(&run, "churn");
     assert_eq!(run["conns"], 1);
 }
 
@@ -285,35 +285,30 @@ fn churn_counts_connections_and_exports_its_fields() {
 fn idle_holds_every_connection_and_reports_memory() {
     let server = reference();
     let pid = server.pid();
-    let line = bench_ok(&[
+    let line = bench_at(
         "idle",
-        "--addr",
         &server.addr,
-        "--conns",
-        "50",
-        "--duration",
-        "200ms",
-        "--server-pid",
-        &pid,
-        "--json",
-        "--latency",
-    ]);
+        &[
+            "--conns",
+            "50",
+            "--duration",
+            "200ms",
+            "--server-pid",
+            &pid,
+            "--json",
+            "--latency",
+        ],
+    );
     assert_eq!(line.lines().count(), 1, "one JSON line: {line}");
     let run: Value = serde_json::from_str(&line).expect("a JSON line");
     check_run_fields(&run, "idle");
     assert_eq!(run["msgs"], 50);
     assert!(run["rss_per_conn"].is_f64(), "{run}");
-    let summary = bench_ok(&[
+    let summary = bench_at(
         "idle",
-        "--addr",
         &server.addr,
-        "--conns",
-        "20",
-        "--duration",
-        "0.2",
-        "--server-pid",
-        &pid,
-    ]);
+        &["--conns", "20", "--duration", "0.2", "--server-pid", &pid],
+    );
     check_summary(
         &summary,
         "idle",
@@ -330,21 +325,22 @@ fn json_latency_and_hdr_log_on_request() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let log = dir.path().join("ping.hlog");
     let log_arg = log.to_string_lossy().into_owned();
-    let out = bench_ok(&[
+    let out = bench_at(
         "ping",
-        "--addr",
         &server.addr,
-        "--conns",
-        "2",
-        "--duration",
-        "1.2s",
-        "--warmup",
-        "0",
-        "--json",
-        "--latency",
-        "--hdr-log",
-        &log_arg,
-    ]);
+        &[
+            "--conns",
+            "2",
+            "--duration",
+            "1.2s",
+            "--warmup",
+            "0",
+            "--json",
+            "--latency",
+            "--hdr-log",
+            &log_arg,
+        ],
+    );
     let run: Value = serde_json::from_str(out.trim()).expect("one JSON line");
     check_run_fields(&run, "ping");
     let bytes = std::fs::read(&log).expect("the log was written");
@@ -375,16 +371,11 @@ fn json_latency_and_hdr_log_on_request() {
         "intervals {total} s, run {secs} s"
     );
 
-    let human = bench_ok(&[
+    let human = bench_at(
         "ping",
-        "--addr",
         &server.addr,
-        "--conns",
-        "2",
-        "--duration",
-        "0.3",
-        "--latency",
-    ]);
+        &["--conns", "2", "--duration", "0.3", "--latency"],
+    );
     let table = human
         .split("latency distribution (")
         .nth(1)
@@ -398,15 +389,7 @@ fn json_latency_and_hdr_log_on_request() {
 fn targets_by_name_and_by_ipv6_literal() {
     let v4 = reference();
     let localhost = format!("localhost:{}", v4.port());
-    let summary = bench_ok(&[
-        "ping",
-        "--addr",
-        &localhost,
-        "--conns",
-        "2",
-        "--duration",
-        "0.3",
-    ]);
+    let summary = bench_at("ping", &localhost, &["--conns", "2", "--duration", "0.3"]);
     assert!(
         summary.starts_with(&format!("ping {localhost} (127.0.0.1:")),
         "{summary}"
@@ -424,16 +407,11 @@ fn targets_by_name_and_by_ipv6_literal() {
         }
     };
     assert!(v6.addr.starts_with("[::1]:"), "{}", v6.addr);
-    let line = bench_ok(&[
+    let line = bench_at(
         "ping",
-        "--addr",
         &v6.addr,
-        "--conns",
-        "2",
-        "--duration",
-        "0.3",
-        "--json",
-    ]);
+        &["--conns", "2", "--duration", "0.3", "--json"],
+    );
     let run: Value = serde_json::from_str(line.trim()).expect("a JSON line");
     assert_eq!(run["addr"], v6.addr.as_str());
     assert!(run["msgs"].as_u64().is_some_and(|n| n > 0), "{run}");
