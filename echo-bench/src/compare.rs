@@ -232,6 +232,7 @@ fn run_one(
     Ok(res)
 }
 
+/// One line of a compare table: one field per column.
 struct Row {
     msgs_per_s: f64,
     mb_per_s: f64,

@@ -26,7 +26,8 @@ pub struct Interval {
     pub encoded: Vec<u8>,
 }
 
-/// The result of one run of one scenario against one server.
+/// The result of one run of one scenario against one server. One field per figure of the
+/// exported JSON record, flat on purpose: the record's schema reads in one place.
 #[derive(Clone, Debug, Default)]
 pub struct RunResult {
     pub scenario: String,
@@ -122,6 +123,8 @@ struct IntervalRecorder {
 }
 
 /// Counters and the latency histogram of the measured phase, plus the server's CPU and memory.
+/// Every load loop of a run shares this one value, so its clocks and samples stay together
+/// rather than split into parts that each loop would have to carry.
 pub struct Meter {
     pub hist: Histogram<u64>,
     pub msgs: u64,
