@@ -164,6 +164,14 @@ impl Shell {
         assert_eq!(self.d.poll_action(), Some(Action::CloseListener));
     }
 
+    /// After the stop: our FIN goes to `token`, its input reads empty, and the round ends.
+    fn shut_and_drained(&mut self, token: Token) {
+        assert_eq!(self.d.poll_action(), Some(Action::ShutdownWrite(token)));
+        self.expect_read(token);
+        self.d.handle_read(token, ReadOutcome::WouldBlock);
+        self.idle();
+    }
+
     /// After the stop: every connection's peer holds everything; runs the checks to the end.
     fn deliver_all(&mut self) {
         for _ in 0..100 {
@@ -881,11 +889,8 @@ fn stop_closes_a_connection_once_its_peer_holds_every_byte() {
     let c = s.open();
     s.d.handle_stop();
     s.drain_backlog();
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
     // Never read yet: its input must read empty before a close can be clean.
-    s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(c);
     // No event announces the last acknowledgement: the core asks, soon, then less often.
     assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
     s.advance(Duration::from_millis(1));
@@ -911,10 +916,7 @@ fn input_that_arrives_before_the_check_is_read_before_the_close() {
     let c = s.open();
     s.d.handle_stop();
     s.drain_backlog();
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(c);
     // Data arrives just after the read; its edge comes with the wait before the check.
     s.event(c, READABLE);
     s.advance(Duration::from_millis(1));
@@ -937,10 +939,7 @@ fn drain_deadline_abandons_what_remains_and_counts_it() {
     s.idle();
     s.d.handle_stop();
     s.drain_backlog();
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(silent)));
-    s.expect_read(silent);
-    s.d.handle_read(silent, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(silent);
     // Until the deadline: the silent peer never acknowledges our FIN.
     let deadline = s.now + Duration::from_secs(1);
     while s.d.poll_timeout() < Some(deadline) {
@@ -989,10 +988,7 @@ fn an_error_after_our_fin_is_still_counted_without_the_fin_at_the_deadline() {
     let c = s.open();
     s.d.handle_stop();
     s.drain_backlog();
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(c);
     // The error and the deadline come in the same turn, before the failed connection is closed.
     s.event(c, ERROR);
     s.advance(Duration::from_secs(3600));
@@ -1044,10 +1040,7 @@ fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
     // Still out of descriptors: what remains queued cannot be accepted.
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(c);
     s.event(c, ERROR);
     s.expect_close();
     // The freed descriptor must not bring the closed listener back.
@@ -1076,10 +1069,7 @@ fn poll_timeout_is_the_earliest_timer_or_now_when_work_is_queued() {
         "the queue is accepted first"
     );
     s.drain_backlog();
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    s.expect_read(c);
-    s.d.handle_read(c, ReadOutcome::WouldBlock);
-    s.idle();
+    s.shut_and_drained(c);
     // The delivery check comes before the drain deadline.
     assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
 }
