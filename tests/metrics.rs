@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::process::Process;
+use common::process::{on_loopback, Process};
 use common::{connect, echoes, eventually, IO_TIMEOUT};
 use epoll_echo::{Counter, Derived, Report};
 use prometheus_parse::{Scrape, Value};
@@ -333,15 +333,7 @@ fn a_metrics_address_that_cannot_be_bound_fails_start_up_with_one_line() {
         println!("skipped {not_here}: this host binds addresses it does not have");
     }
     for (metrics, why) in cases {
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-addr",
-            metrics,
-        ];
-        let exit = Process::spawn(&args).exit();
+        let exit = Process::spawn(&on_loopback(&["--metrics-addr", metrics])).exit();
         assert_eq!(exit.status.code(), Some(1), "{:?}", exit.stderr);
         assert_eq!(exit.stderr.len(), 1, "want one line: {:?}", exit.stderr);
         let line = &exit.stderr[0];

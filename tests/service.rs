@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::process::{parse_listening, Process};
+use common::process::{on_loopback, parse_listening, Process};
 use common::{connect, echoes, IO_TIMEOUT};
 use nix::sys::signal::Signal;
 
@@ -32,7 +32,7 @@ fn readiness_and_stopping_reach_the_service_manager() {
         .set_read_timeout(Some(IO_TIMEOUT))
         .expect("a read timeout");
     let socket = path.to_str().expect("a UTF-8 path");
-    let args = ["--bind", "127.0.0.1", "--port", "0", "--maxListeners", "2"];
+    let args = on_loopback(&["--maxListeners", "2"]);
     let server = Process::spawn_env(&args, &[("NOTIFY_SOCKET", socket)]);
 
     let ready = next_notification(&manager);
@@ -70,8 +70,7 @@ fn a_manager_that_cannot_be_reached_costs_a_warning_not_the_service() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("nobody-listens.sock");
     let socket = missing.to_str().expect("a UTF-8 path");
-    let args = ["--bind", "127.0.0.1", "--port", "0"];
-    let mut server = Process::spawn_env(&args, &[("NOTIFY_SOCKET", socket)]);
+    let mut server = Process::spawn_env(&on_loopback(&[]), &[("NOTIFY_SOCKET", socket)]);
     let (addr, _) = server.listening();
     server.stderr_line_with("cannot notify the service manager");
     assert!(echoes(&mut connect(addr), b"still serving"));
