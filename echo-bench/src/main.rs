@@ -9,6 +9,8 @@
 
 mod args;
 mod compare;
+// The server's own duration syntax, from its one file.
+#[path = "../../src/cmd/duration.rs"]
 mod duration;
 mod load;
 mod pattern;

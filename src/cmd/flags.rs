@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use epoll_echo::{Config, MAX_TIMEOUT};
 
+use super::duration::parse_duration;
+
 /// What `--help` ends with: how to stop the server and what its exit status means.
 const AFTER_HELP: &str = "\
 Signals:
@@ -76,19 +78,6 @@ pub struct Cli {
     /// Print the man page (roff) to stdout and exit
     #[arg(long, hide = true)]
     pub man: bool,
-}
-
-/// Parses `500ms`, `5s`, `1m`, `1h30m` (through `humantime`), or a bare number of seconds with
-/// fractions; the same syntax as echo-bench's.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    let bad =
-        || format!("'{text}' is not a duration (e.g. 500ms, 5s, 1m, 1h30m, or 0.5 for seconds)");
-    if let Ok(secs) = s.parse::<f64>() {
-        // try_from_secs_f64 rejects negative, NaN, infinite and too large values alike.
-        return Duration::try_from_secs_f64(secs).map_err(|_| bad());
-    }
-    humantime::parse_duration(s).map_err(|_| bad())
 }
 
 /// A duration no longer than the library's bound on timeouts.
@@ -207,25 +196,6 @@ pub fn command() -> clap::Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_units_or_bare_seconds() {
-        let ms = Duration::from_millis;
-        for (text, want) in [
-            ("500ms", ms(500)),
-            ("5s", ms(5_000)),
-            ("1m", ms(60_000)),
-            ("1h30m", ms(5_400_000)),
-            ("2", ms(2_000)),
-            ("0.5", ms(500)),
-            ("0", Duration::ZERO),
-        ] {
-            assert_eq!(parse_duration(text), Ok(want), "{text}");
-        }
-        for bad in ["", "xyz", "-5s", "-1", "NaN", "5 parsecs"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
-        }
-    }
 
     #[test]
     fn timeouts_are_bounded() {

@@ -1,8 +1,8 @@
 //! Durations on the command line: `500ms`, `5s`, `1m`, `1h30m` (humantime's syntax) or a bare,
 //! possibly fractional number of seconds such as `2` or `0.5`.
 //!
-//! Self-contained on purpose: the server parses its durations with exactly this function, so both
-//! programs accept the same text.
+//! One file for both programs: echo-bench includes it by path, so the server and the load generator
+//! accept exactly the same text. It is self-contained for that reason.
 
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ mod tests {
             "5 parsecs",
             "1e400",
             "s",
+            "xyz",
+            "-5s",
         ] {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains("500ms"), "{bad}: {err}");
