@@ -122,23 +122,34 @@ fn reports(scrape: &Scrape, workers: usize) -> (Report, Vec<Report>) {
 #[test]
 fn a_scrape_shows_every_counter_and_agrees_with_the_stats_and_the_summary() {
     let (mut server, addr, metrics) = start(&["--maxListeners", "2"]);
+    let mut sent = 0;
     for i in 0..8 {
         let mut client = connect(addr);
-        assert!(echoes(&mut client, format!("client {i}").as_bytes()));
+        let message = format!("client {i}");
+        assert!(echoes(&mut client, message.as_bytes()));
+        sent += message.len() as u64;
     }
     let mut open = connect(addr);
     assert!(echoes(&mut open, b"still here"));
-    // Workers publish once per turn: wait until the last close is visible.
+    sent += b"still here".len() as u64;
+    // Workers publish at the end of a turn, which can come after the client
+    // has its echo: wait until the last close and the last echo are visible.
     let mut last = None;
     let settled = eventually(|| {
         let scraped = scrape(metrics);
         let (total, _) = reports(&scraped, 2);
-        let done = total[Counter::Accepted] == 9 && total[Counter::Closed] == 8;
+        let done = total[Counter::Accepted] == 9
+            && total[Counter::Closed] == 8
+            && total[Counter::BytesRead] == sent
+            && total[Counter::BytesWritten] == sent;
         last = Some(scraped);
         done
     });
     let scraped = last.expect("at least one scrape");
-    assert!(settled, "the counters never showed 9 accepted, 8 closed");
+    assert!(
+        settled,
+        "the counters never showed 9 accepted, 8 closed, {sent} bytes read and written"
+    );
     let (total, workers) = reports(&scraped, 2);
 
     // Totals: the same as the SIGUSR1 line, summed (or maxed) over the workers.
