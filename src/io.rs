@@ -32,9 +32,9 @@ pub(crate) trait Io {
     fn shutdown_write(&mut self, sock: &Self::Socket);
     fn close(&mut self, sock: Self::Socket);
     fn close_listener(&mut self);
-    /// Bytes of this connection's output the kernel holds unsent or unacknowledged, counting our
-    /// FIN once sent (`SIOCOUTQ`).
-    fn unacked(&mut self, sock: &Self::Socket) -> io::Result<usize>;
+    /// Bytes of this connection's output the peer's kernel acknowledged, our FIN counting as one
+    /// more once acknowledged (`tcpi_bytes_acked`).
+    fn acked(&mut self, sock: &Self::Socket) -> io::Result<u64>;
     /// Closes the epoll instance and lets go of the wake-up channel: nothing is waited on after.
     fn close_shell(&mut self);
     /// Consumes a wake-up so that the next one raises a new event.

@@ -183,12 +183,16 @@ fn wait_for_stop(signals: &mut Signals, server: &Server, stats: &LiveStats) -> n
     }
 }
 
-/// During the graceful stop: counters on SIGUSR1, and a later stop signal exits at once.
+/// During the graceful stop: counters on SIGUSR1, and a later stop signal exits at once. When a
+/// worker failure began the stop, the first stop signal is the first request, not a second one.
 fn watch_during_stop(mut signals: Signals, stats: &LiveStats, output: &Output) {
     loop {
         match signals.next(Duration::from_secs(3600)) {
             Ok(Some(Request::Stats)) => print_stats(stats),
-            Ok(Some(Request::Exit(signal) | Request::Stop(signal))) => {
+            Ok(Some(Request::Stop(signal))) => {
+                log::info!("{signal}: already stopping after a worker failure (send it again to exit at once)");
+            }
+            Ok(Some(Request::Exit(signal))) => {
                 log::warn!("{signal} again: exiting at once");
                 output.finish(LAST_WORDS);
                 std::process::exit(128 + signal as i32);
@@ -206,24 +210,45 @@ fn print_stats(stats: &LiveStats) {
     log::info!("stats total {}", stats.total());
 }
 
-/// The summary: every counter, then the balance in delivered terms.
+/// The summary: every counter, then the balance of the bytes, and what it cannot prove.
 fn summarize(report: &Report, output: &Output) {
     log::info!("stopped: {report}");
-    let verdict = if report.balances() {
-        "holds"
-    } else {
-        "DOES NOT HOLD"
-    };
-    log::info!(
-        "balance {verdict}: bytes_read {} = bytes_delivered {} + bytes_unacked {} + bytes_dropped {}",
-        report[Counter::BytesRead],
-        report.derived(Derived::BytesDelivered),
-        report[Counter::BytesUnacked],
-        report[Counter::BytesDropped]
-    );
+    log::info!("{}", balance_line(report));
     let dropped = output.stderr.dropped() + output.stdout.dropped();
     if dropped > 0 {
         log::warn!("{dropped} log lines were dropped: the output was full");
+    }
+}
+
+/// `bytes_read` against the fate of every byte. It holds by construction of the counts (each byte
+/// gets exactly one fate); the delivered figure is the kernels' own. After a worker failure the
+/// bytes that worker still held are named, since their fate is unknown.
+fn balance_line(report: &Report) -> String {
+    let fates = format!(
+        "bytes_read {} = bytes_delivered {} + bytes_in_flight {} + bytes_unacked {} + \
+         bytes_lost_to_errors {} + bytes_dropped {}",
+        report[Counter::BytesRead],
+        report[Counter::BytesDelivered],
+        report[Counter::BytesInFlight],
+        report[Counter::BytesUnacked],
+        report[Counter::BytesLostToErrors],
+        report[Counter::BytesDropped],
+    );
+    let (pending, outstanding) = (
+        report.derived(Derived::BytesPending),
+        report.derived(Derived::BytesOutstanding),
+    );
+    if report.balances() {
+        format!("balance holds: {fates}")
+    } else if report.consistent() && report[Counter::WorkersFailed] > 0 {
+        format!(
+            "balance open: {fates} + bytes_pending {pending} + bytes_outstanding {outstanding}, \
+             held by failed workers when they ended: whether they reached the peers is unknown"
+        )
+    } else {
+        format!(
+            "balance DOES NOT HOLD: {fates} + bytes_pending {pending} + bytes_outstanding {outstanding}"
+        )
     }
 }
 

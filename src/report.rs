@@ -59,14 +59,22 @@ counters! {
     Closed = "closed", Sum;
     /// Bytes read from peers to be echoed.
     BytesRead = "bytes_read", Sum;
-    /// Bytes handed to the kernel for sending back: delivered, or counted as unacknowledged.
+    /// Bytes handed to the kernel for sending back; once a connection closes, each is counted as delivered, in flight, unacknowledged or lost to an error.
     BytesWritten = "bytes_written", Sum;
-    /// Bytes handed to the kernel that the peer had not acknowledged when the connection was closed without proof of delivery (drain deadline, idle timeout).
+    /// Bytes the peers' kernels acknowledged, as the kernel reported it at each close (`tcpi_bytes_acked`, our FIN not counted).
+    BytesDelivered = "bytes_delivered", Sum;
+    /// Bytes not yet acknowledged at an orderly close outside a stop (after the peer's EOF): the kernel still sends them.
+    BytesInFlight = "bytes_in_flight", Sum;
+    /// Bytes the peer had not acknowledged when the server cut the connection without proof of delivery (drain deadline, idle timeout).
     BytesUnacked = "bytes_unacked", Sum;
-    /// Bytes read but never handed to the kernel: lost to a peer error, the drain deadline or the idle timeout.
+    /// Bytes the peer had not acknowledged when a connection error closed the connection (reset, timeout, unreachable peer): the kernel discarded them.
+    BytesLostToErrors = "bytes_lost_to_errors", Sum;
+    /// Bytes read but never handed to the kernel: lost to a connection error, the drain deadline or the idle timeout.
     BytesDropped = "bytes_dropped", Sum;
     /// Bytes a peer sent after the stop began, read only so the close sends no reset, never echoed.
     BytesDiscarded = "bytes_discarded", Sum;
+    /// Connections closed by a connection error (reset, timeout, unreachable peer).
+    ErrorCloses = "error_closes", Sum;
     /// Connections closed by the drain deadline.
     DeadlineCloses = "deadline_closes", Sum;
     /// Connections closed for silence by the idle timeout.
@@ -100,23 +108,27 @@ pub enum Derived {
     Active,
     /// `accept` failures for lack of descriptors or memory: the four kinds together.
     AcceptExhausted,
-    /// Bytes the peers acknowledged: written minus unacknowledged.
-    BytesDelivered,
+    /// Bytes read and neither written nor dropped: the pending output of open connections.
+    BytesPending,
+    /// Bytes written on connections still open: whether they are delivered is not known yet.
+    BytesOutstanding,
 }
 
 impl Derived {
     /// Every derived value, in display order.
-    pub const ALL: [Derived; 3] = [
+    pub const ALL: [Derived; 4] = [
         Derived::Active,
         Derived::AcceptExhausted,
-        Derived::BytesDelivered,
+        Derived::BytesPending,
+        Derived::BytesOutstanding,
     ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Derived::Active => "active",
             Derived::AcceptExhausted => "accept_exhausted",
-            Derived::BytesDelivered => "bytes_delivered",
+            Derived::BytesPending => "bytes_pending",
+            Derived::BytesOutstanding => "bytes_outstanding",
         }
     }
 
@@ -126,10 +138,18 @@ impl Derived {
             Derived::AcceptExhausted => {
                 "accept failures for lack of descriptors or memory (the four kinds together)."
             }
-            Derived::BytesDelivered => {
-                "Bytes the peers acknowledged: bytes_written minus bytes_unacked."
+            Derived::BytesPending => {
+                "Bytes read and neither written nor dropped: pending output of open connections."
+            }
+            Derived::BytesOutstanding => {
+                "Bytes written on connections still open, not yet known delivered or lost."
             }
         }
+    }
+
+    /// True for a value that falls as well as rises (a Prometheus gauge); the others only grow.
+    pub const fn is_gauge(self) -> bool {
+        !matches!(self, Derived::AcceptExhausted)
     }
 
     /// The value for `report`.
@@ -145,8 +165,10 @@ impl Derived {
             .into_iter()
             .map(|c| report[c])
             .sum(),
-            Derived::BytesDelivered => {
-                report[Counter::BytesWritten].saturating_sub(report[Counter::BytesUnacked])
+            Derived::BytesPending => report[Counter::BytesRead]
+                .saturating_sub(report[Counter::BytesWritten] + report[Counter::BytesDropped]),
+            Derived::BytesOutstanding => {
+                report[Counter::BytesWritten].saturating_sub(report.settled_bytes())
             }
         }
     }
@@ -154,8 +176,12 @@ impl Derived {
 
 /// The counters of one worker (or, summed, of the whole server).
 ///
-/// Invariant once every connection is closed: `bytes_read == bytes_written + bytes_dropped`, that
-/// is, in delivered terms, `bytes_read == bytes_delivered + bytes_unacked + bytes_dropped`.
+/// Every byte read has one fate: written or dropped; every byte written, once its connection
+/// closed, one more: delivered (the kernel's figure), in flight, unacknowledged or lost to an
+/// error. Until then it is pending or outstanding, so at any moment
+/// `bytes_read == bytes_delivered + bytes_in_flight + bytes_unacked + bytes_lost_to_errors +
+/// bytes_dropped + bytes_pending + bytes_outstanding`, and once every connection is closed the
+/// last two are zero.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     values: [u64; COUNT],
@@ -175,6 +201,14 @@ impl Index<Counter> for Report {
     }
 }
 
+/// The fates of a byte written once its connection closed.
+const SETTLED: [Counter; 4] = [
+    Counter::BytesDelivered,
+    Counter::BytesInFlight,
+    Counter::BytesUnacked,
+    Counter::BytesLostToErrors,
+];
+
 impl Report {
     /// The value of one counter.
     pub fn get(&self, counter: Counter) -> u64 {
@@ -191,13 +225,24 @@ impl Report {
         Derived::Active.of(self)
     }
 
-    /// True when every byte read was delivered, or counted as unacknowledged or dropped (and no
-    /// more was counted as unacknowledged than was written).
+    /// Bytes written whose connection closed: delivered, in flight, unacknowledged or lost.
+    fn settled_bytes(&self) -> u64 {
+        SETTLED.iter().map(|&c| self[c]).sum()
+    }
+
+    /// True when no fate was counted for more bytes than could have it: no more written and
+    /// dropped than read, no more settled than written. Holds at any moment.
+    pub fn consistent(&self) -> bool {
+        self[Counter::BytesWritten] + self[Counter::BytesDropped] <= self[Counter::BytesRead]
+            && self.settled_bytes() <= self[Counter::BytesWritten]
+    }
+
+    /// True when every byte read has its final fate: consistent, with nothing pending or
+    /// outstanding. Holds once every connection is closed.
     pub fn balances(&self) -> bool {
-        let delivered = Derived::BytesDelivered.of(self);
-        self[Counter::BytesUnacked] <= self[Counter::BytesWritten]
-            && self[Counter::BytesRead]
-                == delivered + self[Counter::BytesUnacked] + self[Counter::BytesDropped]
+        self.consistent()
+            && Derived::BytesPending.of(self) == 0
+            && Derived::BytesOutstanding.of(self) == 0
     }
 
     /// Every counter with its value, in display order.
@@ -382,7 +427,7 @@ mod tests {
         let text = r.to_string();
         assert!(text.starts_with("active=3 accepted=5 closed=2 "), "{text}");
         assert!(text.contains(" accept_exhausted=7 "), "{text}");
-        assert!(text.ends_with(" bytes_delivered=0"), "{text}");
+        assert!(text.ends_with(" bytes_outstanding=0"), "{text}");
         for c in Counter::ALL {
             assert!(text.contains(&format!(" {}=", c.name())), "{text}");
         }
@@ -417,14 +462,32 @@ mod tests {
     fn balance_detects_lost_bytes() {
         let mut r = with(&[(Counter::BytesRead, 10), (Counter::BytesWritten, 7)]);
         r.add(Counter::BytesDropped, 2);
-        assert!(!r.balances());
+        assert!(r.consistent() && !r.balances());
+        assert_eq!(r.derived(Derived::BytesPending), 1);
         r.add(Counter::BytesDropped, 1);
+        assert_eq!(
+            r.derived(Derived::BytesOutstanding),
+            7,
+            "written, not settled"
+        );
+        assert!(!r.balances());
+        // Each fate of a written byte settles it; none may settle more than was written.
+        for (c, n) in [
+            (Counter::BytesDelivered, 3),
+            (Counter::BytesInFlight, 1),
+            (Counter::BytesUnacked, 2),
+            (Counter::BytesLostToErrors, 1),
+        ] {
+            assert!(!r.balances(), "before {}", c.name());
+            r.add(c, n);
+        }
+        assert!(r.balances(), "{r}");
+        r.add(Counter::BytesLostToErrors, 1);
+        assert!(!r.consistent(), "more settled than written");
+        let mut r = with(&[(Counter::BytesRead, 1), (Counter::BytesWritten, 2)]);
+        assert!(!r.consistent(), "more written than read");
+        r.add(Counter::BytesRead, 1);
+        r.add(Counter::BytesDelivered, 2);
         assert!(r.balances());
-        // Unacknowledged bytes are part of what was written, not more.
-        r.add(Counter::BytesUnacked, 4);
-        assert!(r.balances());
-        assert_eq!(r.derived(Derived::BytesDelivered), 3);
-        r.add(Counter::BytesUnacked, 4);
-        assert!(!r.balances(), "more unacknowledged than written");
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
-    AcceptOutcome, Action, DeliveryOutcome, Dispatcher, ReadOutcome, ResourceError, Settings,
-    Token, WriteOutcome,
+    AcceptOutcome, AckOutcome, Action, Dispatcher, ReadOutcome, ResourceError, Settings, Token,
+    WriteOutcome,
 };
 use crate::io::Io;
 use crate::report::Report;
@@ -133,13 +133,13 @@ impl<I: Io> Worker<I> {
             Action::Close(sock) => io.close(sock),
             Action::CloseListener => io.close_listener(),
             Action::CheckDelivery(token) => {
-                let held = io.unacked(core.socket(token));
-                core.handle_delivery(token, DeliveryOutcome::from_result(held));
+                let acked = io.acked(core.socket(token));
+                core.handle_delivery(token, AckOutcome::from_result(acked));
             }
-            Action::Abandon(sock) => {
-                let held = io.unacked(&sock);
+            Action::MeasureAndClose(sock) => {
+                let acked = io.acked(&sock);
                 io.close(sock);
-                core.handle_abandoned(DeliveryOutcome::from_result(held));
+                core.handle_closed(AckOutcome::from_result(acked));
             }
             Action::CloseShell => io.close_shell(),
         }

@@ -161,7 +161,7 @@ fn a_scrape_shows_every_counter_and_agrees_with_the_stats_and_the_summary() {
     assert_eq!(summed, total, "the workers do not add up to the total");
     assert_eq!(read(&scraped, "epoll_echo_active", None), (1, true));
     for d in Derived::ALL {
-        let gauge = d == Derived::Active;
+        let gauge = d.is_gauge();
         let name = series(d.name(), gauge, false);
         assert_eq!(read(&scraped, &name, None), (d.of(&total), gauge), "{name}");
         for (i, w) in workers.iter().enumerate() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::process::{on_loopback, Process};
 use common::{connect, echoes, eventually, serial, End, Streamer};
-use epoll_echo::{Counter, Derived};
+use epoll_echo::Counter;
 use nix::sys::signal::Signal;
 
 /// A client that echoes once and then keeps its socket open, as pools and health checks do.
@@ -124,14 +124,14 @@ fn stop_while_streaming(linger: Linger) {
     // Every client got back exactly what the server read of it (a prefix of what it sent, and
     // the sums agree), all of it delivered.
     assert_eq!(received, report[Counter::BytesRead], "{report}");
+    assert_eq!(received, report[Counter::BytesDelivered], "{report}");
     assert_eq!(
-        received,
-        report.derived(Derived::BytesDelivered),
+        report[Counter::BytesUnacked]
+            + report[Counter::BytesDropped]
+            + report[Counter::BytesInFlight]
+            + report[Counter::BytesLostToErrors],
+        0,
         "{report}"
-    );
-    assert_eq!(
-        report[Counter::BytesUnacked] + report[Counter::BytesDropped],
-        0
     );
     assert!(exit.took < Duration::from_secs(1), "took {:?}", exit.took);
 }
@@ -157,6 +157,7 @@ fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() 
     // The worker must not spin while it waits for acknowledgements that never come.
     let cpu_before = server.cpu_time();
     server.signal(Signal::SIGTERM);
+    let signalled = std::time::Instant::now();
     let waited = Duration::from_millis(600);
     thread::sleep(waited);
     let cpu = server.cpu_time() - cpu_before;
@@ -176,11 +177,12 @@ fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() 
     assert!(r[Counter::BytesDropped] <= 64 * 1024, "{r}");
     assert_eq!(
         r[Counter::BytesRead],
-        r.derived(Derived::BytesDelivered) + r[Counter::BytesUnacked] + r[Counter::BytesDropped]
+        r[Counter::BytesDelivered] + r[Counter::BytesUnacked] + r[Counter::BytesDropped]
     );
-    // The deadline is a lower bound: nothing closed the stalled peer sooner.
+    // The deadline is a lower bound: nothing closed the stalled peer sooner. (Measured from the
+    // signal: a sleep that overran on a loaded machine must not count as time the server took.)
     assert!(
-        exit.took + waited >= Duration::from_secs(1),
+        signalled.elapsed() >= Duration::from_secs(1),
         "closed before its deadline"
     );
     // What the peer's kernel acknowledged it can still read, and no more than was written.
@@ -195,6 +197,8 @@ fn a_client_that_never_reads_is_closed_at_the_deadline_with_its_bytes_counted() 
     }
     println!("stalled peer: sent {sent}, read back {got} after the close");
     assert!(got <= r[Counter::BytesWritten], "{got} read back, {r}");
+    // The peer's kernel is the witness: what it acknowledged it still holds.
+    assert!(r[Counter::BytesDelivered] <= got, "{got} read back, {r}");
 }
 
 #[test]

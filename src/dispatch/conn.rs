@@ -2,7 +2,7 @@
 //! outcomes said about each direction, and the one function that decides its next step.
 
 use super::outbuf::OutBuf;
-use super::Readiness;
+use super::{ConnError, Readiness};
 
 /// What the core knows of a connection's receive side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,21 +31,22 @@ pub enum Output {
     /// Our FIN is sent (the stop): nothing more is written, input is only discarded, and the
     /// connection closes once the peer holds every byte.
     Shut(Delivery),
-    /// An error edge or outcome: the connection is closed at its next turn. `fin_sent`: our FIN
-    /// went out before, so the kernel's count of unacknowledged bytes includes it.
-    Failed { fin_sent: bool },
+    /// An error edge or outcome: the connection is closed at its next turn, and what the peer
+    /// had not acknowledged is counted as lost to the error.
+    Failed(ConnError),
 }
 
 /// After our FIN: whether the kernel is to be asked if the peer holds every byte.
 ///
-/// The question is asked when the check timer fires and the input last read empty. After a "yes"
-/// the input is read once more before the close: input that arrived since is read and discarded,
-/// so the close meets no unread input and sends no RST.
+/// The question is asked when the check timer fires, whatever the input does, so a peer that
+/// keeps sending cannot put it off. After a "yes" the input is read until it reads empty before
+/// the close: input that arrived since is read and discarded, so the close meets no unread input
+/// and sends no RST.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// Waiting for the check timer.
     Pending,
-    /// The check timer fired: ask if the input is still empty.
+    /// The check timer fired: ask.
     Due,
     /// The peer holds every byte: read what may have arrived, then close.
     Delivered,
@@ -85,6 +86,10 @@ pub struct Conn<S> {
     pub queued: bool,
     /// Idle-clock tick of the last byte read or written (0 without an idle timeout).
     pub last_active: u32,
+    /// Bytes handed to the kernel, for the delivery checks and the count at the close.
+    pub written: u64,
+    /// Bytes the kernel last said the peer acknowledged.
+    pub acked: u64,
 }
 
 impl<S> Conn<S> {
@@ -96,6 +101,8 @@ impl<S> Conn<S> {
             output: Output::Open,
             queued: false,
             last_active,
+            written: 0,
+            acked: 0,
         }
     }
 
@@ -112,23 +119,20 @@ impl<S> Conn<S> {
             self.output = Output::Open;
         }
         if r.error {
-            self.fail();
+            self.fail(ConnError::Other);
         }
     }
 
-    /// An error: the connection is closed at its next turn.
-    pub fn fail(&mut self) {
-        self.output = Output::Failed {
-            fin_sent: self.fin_sent(),
-        };
+    /// An error: the connection is closed at its next turn. The first error is the one kept.
+    pub fn fail(&mut self, why: ConnError) {
+        if !matches!(self.output, Output::Failed(_)) {
+            self.output = Output::Failed(why);
+        }
     }
 
-    /// Our FIN is sent: the stop shut the write side, whatever happened after.
-    pub fn fin_sent(&self) -> bool {
-        matches!(
-            self.output,
-            Output::Shut(_) | Output::Failed { fin_sent: true }
-        )
+    /// The kernel proved the peer holds every byte written (whatever became of our FIN).
+    pub fn delivered(&self) -> bool {
+        self.acked >= self.written
     }
 
     /// A read returned `n` of the `asked` bytes.
@@ -149,27 +153,28 @@ impl<S> Conn<S> {
     /// The scheduler queues a connection exactly when this is `Some`, so "has work" and "what to
     /// do" can never disagree.
     pub fn next_step(&self, stopping: bool, room: Room) -> Option<Step> {
-        if matches!(self.output, Output::Failed { .. }) {
+        if matches!(self.output, Output::Failed(_)) {
             return Some(Step::Close);
         }
         if !self.pending.is_empty() {
             if self.output == Output::Open {
                 return Some(Step::Write);
             }
-        } else if self.input == Input::Ended {
+        } else if stopping && !matches!(self.output, Output::Shut(_)) {
+            // A peer that finished is served like any other: our FIN, then delivery.
+            return Some(Step::ShutdownWrite);
+        } else if self.input == Input::Ended && !stopping {
             // Everything read was written back: closing sends FIN after it.
             return Some(Step::Close);
-        } else if stopping && !matches!(self.output, Output::Shut(_)) {
-            return Some(Step::ShutdownWrite);
         }
         if let Output::Shut(delivery) = self.output {
-            // After our FIN input is read only to be discarded; once it reads empty, the kernel
-            // says whether the peer holds every byte.
-            return match (self.input, delivery) {
-                (Input::Fresh | Input::Ready | Input::Exact, _) => Some(Step::Read(room.scratch)),
-                (Input::Drained, Delivery::Due) => Some(Step::CheckDelivery),
-                (Input::Drained, Delivery::Delivered) => Some(Step::Close),
-                _ => None,
+            // After our FIN input is read only to be discarded; the kernel is asked about
+            // delivery when the timer says, and the close waits for the input to read empty.
+            return match (delivery, self.input) {
+                (Delivery::Due, _) => Some(Step::CheckDelivery),
+                (_, Input::Fresh | Input::Ready | Input::Exact) => Some(Step::Read(room.scratch)),
+                (Delivery::Delivered, Input::Drained | Input::Ended) => Some(Step::Close),
+                (Delivery::Pending, Input::Drained | Input::Ended) => None,
             };
         }
         if !matches!(self.input, Input::Ready | Input::Exact) || stopping {
@@ -200,10 +205,70 @@ mod tests {
     fn after_the_stop_a_connection_never_read_is_read_before_its_delivery_is_checked() {
         // Its input is unknown, and a close with unread input would send RST.
         let mut c = conn();
-        c.output = Output::Shut(Delivery::Due);
+        c.output = Output::Shut(Delivery::Pending);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
         c.on_would_block();
-        assert_eq!(c.next_step(true, ROOM), Some(Step::CheckDelivery));
+        assert_eq!(c.next_step(true, ROOM), None, "wait for the check timer");
+        c.output = Output::Shut(Delivery::Delivered);
+        c.input = Input::Fresh;
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::Read(5)),
+            "read before the close"
+        );
+    }
+
+    #[test]
+    fn a_due_delivery_check_comes_before_any_read() {
+        // A peer that keeps sending after the stop cannot put the check off.
+        let mut c = conn();
+        c.output = Output::Shut(Delivery::Due);
+        for input in [
+            Input::Fresh,
+            Input::Ready,
+            Input::Exact,
+            Input::Drained,
+            Input::Ended,
+        ] {
+            c.input = input;
+            assert_eq!(
+                c.next_step(true, ROOM),
+                Some(Step::CheckDelivery),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_peer_is_closed_at_once_outside_a_stop_and_served_like_any_other_in_it() {
+        let mut c = conn();
+        c.input = Input::Ended;
+        assert_eq!(c.next_step(false, ROOM), Some(Step::Close));
+        assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
+        c.output = Output::Shut(Delivery::Pending);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            None,
+            "wait for the peer's acknowledgement"
+        );
+        c.output = Output::Shut(Delivery::Delivered);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Close));
+    }
+
+    #[test]
+    fn delivery_needs_every_data_byte_acknowledged_and_ignores_our_fin() {
+        let mut c = conn();
+        assert!(c.delivered(), "nothing written");
+        c.written = 100;
+        c.acked = 99;
+        assert!(!c.delivered());
+        c.acked = 100;
+        assert!(
+            c.delivered(),
+            "a FIN still waiting for window does not count"
+        );
+        c.acked = 101;
+        assert!(c.delivered());
     }
 
     #[test]
@@ -286,6 +351,7 @@ mod tests {
         c.on_would_block();
         assert_eq!(c.next_step(true, ROOM), None, "wait for the check timer");
         c.output = Output::Shut(Delivery::Due);
+        c.on_readiness(Readiness::READABLE);
         assert_eq!(c.next_step(true, ROOM), Some(Step::CheckDelivery));
         // Delivered: the input is read once more, then the connection closes.
         c.output = Output::Shut(Delivery::Delivered);
@@ -303,8 +369,8 @@ mod tests {
         c.input = Input::Ended;
         assert_eq!(
             c.next_step(true, ROOM),
-            Some(Step::Close),
-            "the peer closed"
+            None,
+            "the peer closed: its acknowledgement is still awaited"
         );
     }
 }

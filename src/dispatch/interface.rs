@@ -73,13 +73,13 @@ pub enum Action<S> {
     Close(S),
     /// Close the listening socket: the worker is stopping and has accepted what was queued.
     CloseListener,
-    /// Ask the kernel how many bytes it still holds unsent or unacknowledged on this connection
-    /// (`SIOCOUTQ`, which after our FIN counts the FIN too); report with `handle_delivery`.
+    /// Ask the kernel how many bytes of this connection's output the peer acknowledged
+    /// (`tcpi_bytes_acked`); report with `handle_delivery`.
     CheckDelivery(Token),
-    /// Close this connection without proof of delivery (drain deadline, idle timeout): first ask
-    /// the kernel what it still holds, as for `CheckDelivery`, then close; report with
-    /// `handle_abandoned`.
-    Abandon(S),
+    /// Ask the kernel how many bytes of this connection's output the peer acknowledged, as for
+    /// `CheckDelivery`, then close it; report with `handle_closed`. Every close of a connection
+    /// that wrote something unproven goes this way.
+    MeasureAndClose(S),
     /// Close the worker's epoll instance and wake-up channel: the last action of a stop.
     CloseShell,
 }
@@ -117,7 +117,7 @@ pub enum ReadOutcome {
     WouldBlock,
     Interrupted,
     /// Reset or any other error: close this connection.
-    Failed,
+    Failed(ConnError),
 }
 
 /// Outcome of `write`.
@@ -128,7 +128,32 @@ pub enum WriteOutcome {
     WouldBlock,
     Interrupted,
     /// `EPIPE`, `ECONNRESET` or any other error: close this connection.
-    Failed,
+    Failed(ConnError),
+}
+
+/// Why a connection failed, as the system call said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnError {
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// The peer stopped answering (`ETIMEDOUT`).
+    TimedOut,
+    /// The peer cannot be reached (`EHOSTUNREACH`, `ENETUNREACH`, `ENETDOWN`).
+    Unreachable,
+    /// `EPOLLERR` before any call said which, or an error of another kind.
+    Other,
+}
+
+impl ConnError {
+    /// Classifies a failed read or write.
+    pub fn of(e: &std::io::Error) -> ConnError {
+        match e.raw_os_error() {
+            Some(libc::ECONNRESET | libc::EPIPE) => ConnError::Reset,
+            Some(libc::ETIMEDOUT) => ConnError::TimedOut,
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ENETDOWN) => ConnError::Unreachable,
+            _ => ConnError::Other,
+        }
+    }
 }
 
 impl ReadOutcome {
@@ -139,29 +164,35 @@ impl ReadOutcome {
             Ok(n) => ReadOutcome::Data(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => ReadOutcome::Interrupted,
-            Err(_) => ReadOutcome::Failed,
+            Err(e) => ReadOutcome::Failed(ConnError::of(&e)),
         }
     }
 }
 
-/// Outcome of asking the kernel what it still holds of a connection's output (`SIOCOUTQ`).
+/// Outcome of asking the kernel how much of a connection's output the peer acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// Nothing: the peer acknowledged every byte (and our FIN, once sent).
-    Delivered,
-    /// This many bytes (counting our FIN, once sent) are unsent or unacknowledged.
-    Held(usize),
-    /// The kernel could not tell.
+pub enum AckOutcome {
+    /// The peer's kernel acknowledged this many bytes of our output (our FIN counts as one more
+    /// once acknowledged).
+    Acked(u64),
+    /// The kernel could not tell: nothing counts as acknowledged.
     Unknown,
 }
 
-impl DeliveryOutcome {
-    /// Classifies a `SIOCOUTQ` result.
-    pub fn from_result(r: std::io::Result<usize>) -> Self {
+impl AckOutcome {
+    /// Classifies a `tcpi_bytes_acked` result.
+    pub fn from_result(r: std::io::Result<u64>) -> Self {
         match r {
-            Ok(0) => DeliveryOutcome::Delivered,
-            Ok(n) => DeliveryOutcome::Held(n),
-            Err(_) => DeliveryOutcome::Unknown,
+            Ok(n) => AckOutcome::Acked(n),
+            Err(_) => AckOutcome::Unknown,
+        }
+    }
+
+    /// Bytes of the `written` ones the peer holds: the kernel's count without our FIN.
+    pub fn delivered_of(self, written: u64) -> u64 {
+        match self {
+            AckOutcome::Acked(n) => n.min(written),
+            AckOutcome::Unknown => 0,
         }
     }
 }
@@ -173,7 +204,7 @@ impl WriteOutcome {
             Ok(n) => WriteOutcome::Wrote(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => WriteOutcome::WouldBlock,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => WriteOutcome::Interrupted,
-            Err(_) => WriteOutcome::Failed,
+            Err(e) => WriteOutcome::Failed(ConnError::of(&e)),
         }
     }
 }
@@ -201,7 +232,7 @@ impl<S> AcceptOutcome<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Error, ErrorKind};
+    use std::io::Error;
 
     #[test]
     fn merged_edges_keep_every_flag_of_either() {
@@ -250,20 +281,47 @@ mod tests {
             ReadOutcome::from_result(Err(eintr)),
             ReadOutcome::Interrupted
         );
-        let reset = Error::from(ErrorKind::ConnectionReset);
-        assert_eq!(ReadOutcome::from_result(Err(reset)), ReadOutcome::Failed);
+        let failed = |errno| ReadOutcome::from_result(Err(Error::from_raw_os_error(errno)));
+        assert_eq!(
+            failed(libc::ECONNRESET),
+            ReadOutcome::Failed(ConnError::Reset)
+        );
+        assert_eq!(
+            failed(libc::ETIMEDOUT),
+            ReadOutcome::Failed(ConnError::TimedOut)
+        );
+        assert_eq!(
+            failed(libc::EHOSTUNREACH),
+            ReadOutcome::Failed(ConnError::Unreachable)
+        );
+        assert_eq!(failed(libc::EIO), ReadOutcome::Failed(ConnError::Other));
     }
 
     #[test]
     fn write_results_are_classified() {
         assert_eq!(WriteOutcome::from_result(Ok(3)), WriteOutcome::Wrote(3));
         let epipe = Error::from_raw_os_error(libc::EPIPE);
-        assert_eq!(WriteOutcome::from_result(Err(epipe)), WriteOutcome::Failed);
+        assert_eq!(
+            WriteOutcome::from_result(Err(epipe)),
+            WriteOutcome::Failed(ConnError::Reset)
+        );
         let eagain = Error::from_raw_os_error(libc::EAGAIN);
         assert_eq!(
             WriteOutcome::from_result(Err(eagain)),
             WriteOutcome::WouldBlock
         );
+    }
+
+    #[test]
+    fn an_acknowledgement_counts_data_bytes_never_our_fin() {
+        assert_eq!(AckOutcome::Acked(101).delivered_of(100), 100, "FIN acked");
+        assert_eq!(AckOutcome::Acked(100).delivered_of(100), 100);
+        assert_eq!(AckOutcome::Acked(40).delivered_of(100), 40);
+        assert_eq!(AckOutcome::Unknown.delivered_of(100), 0);
+        let acked = AckOutcome::from_result(Ok(7));
+        assert_eq!(acked, AckOutcome::Acked(7));
+        let unknown = AckOutcome::from_result(Err(Error::from_raw_os_error(libc::EBADF)));
+        assert_eq!(unknown, AckOutcome::Unknown);
     }
 
     #[test]

@@ -59,7 +59,8 @@ mod timers;
 mod tests;
 
 pub(crate) use interface::{
-    AcceptOutcome, Action, DeliveryOutcome, ReadOutcome, Readiness, ResourceError, WriteOutcome,
+    AcceptOutcome, AckOutcome, Action, ConnError, ReadOutcome, Readiness, ResourceError,
+    WriteOutcome,
 };
 pub(crate) use limit::ConnLimit;
 pub(crate) use table::Token;
@@ -120,10 +121,52 @@ enum Op {
     Write(Token, Source),
     /// Ask whether the peer holds every byte.
     Delivery(Token),
-    /// A close without proof of delivery; `fin_sent`: the kernel's count includes our FIN.
-    Abandon {
-        fin_sent: bool,
+    /// A close that asks the kernel first: what the peer did not acknowledge of the `written`
+    /// bytes is counted by `cause`.
+    Measure {
+        written: u64,
+        cause: Cause,
     },
+}
+
+/// Why a connection is closed, which says where the bytes its peer did not acknowledge are
+/// counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The peer finished and everything was written back, outside a stop: the kernel still
+    /// sends what is unacknowledged.
+    Orderly,
+    /// The stop, once the kernel said the peer holds every byte.
+    Delivered,
+    /// Never served (its registration failed): nothing was written.
+    Unserved,
+    /// A connection error: the kernel discards what is unacknowledged.
+    Error,
+    /// The drain deadline cut it.
+    Deadline,
+    /// The idle timeout cut it.
+    Idle,
+}
+
+impl Cause {
+    /// The counter of bytes written and not acknowledged at a close for this cause.
+    fn unacked_counter(self) -> Counter {
+        match self {
+            Cause::Orderly | Cause::Delivered | Cause::Unserved => Counter::BytesInFlight,
+            Cause::Error => Counter::BytesLostToErrors,
+            Cause::Deadline | Cause::Idle => Counter::BytesUnacked,
+        }
+    }
+
+    /// The counter of connections closed for this cause, if it has one.
+    fn close_counter(self) -> Option<Counter> {
+        match self {
+            Cause::Error => Some(Counter::ErrorCloses),
+            Cause::Deadline => Some(Counter::DeadlineCloses),
+            Cause::Idle => Some(Counter::IdleCloses),
+            Cause::Orderly | Cause::Delivered | Cause::Unserved => None,
+        }
+    }
 }
 
 /// What a write sends.
@@ -143,7 +186,7 @@ impl Op {
             Op::Read(token, len) => Action::Read { token, len },
             Op::Write(token, _) => Action::Write(token),
             Op::Delivery(token) => Action::CheckDelivery(token),
-            Op::Abandon { .. } => unreachable!("an abandon is queued with its socket"),
+            Op::Measure { .. } => unreachable!("a measured close is queued with its socket"),
         }
     }
 }
@@ -151,8 +194,8 @@ impl Op {
 /// What the core asks of the shell, in the order it asks.
 #[derive(Debug)]
 struct Outbox<S> {
-    /// Actions that carry a socket or need no outcome (closes, shutdowns), served first; an
-    /// abandon comes with the operation whose outcome it awaits.
+    /// Actions that carry a socket or need no outcome (closes, shutdowns), served first; a
+    /// measured close comes with the operation whose outcome it awaits.
     actions: VecDeque<(Action<S>, Option<Op>)>,
     /// The operation to issue next, before the turn continues (a write after a read, a retry).
     next: Option<Op>,
@@ -350,21 +393,28 @@ impl<S> Dispatcher<S> {
             // After the stop a new connection has work (our FIN) before any edge.
             self.queue_if_work(token);
         } else {
-            self.close(token);
+            self.close(token, Cause::Unserved);
         }
     }
 
-    /// Outcome of [`Action::CheckDelivery`]: a connection whose peer holds every byte is closed
-    /// once its input reads empty; the others are asked about again later.
-    pub fn handle_delivery(&mut self, token: Token, outcome: DeliveryOutcome) {
+    /// Outcome of [`Action::CheckDelivery`]: a connection whose peer acknowledged every byte
+    /// written is closed once its input reads empty; the others are asked about again later.
+    pub fn handle_delivery(&mut self, token: Token, outcome: AckOutcome) {
         self.take_in_flight(Op::Delivery(token));
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if outcome == DeliveryOutcome::Delivered {
-            // Input may have come since the last read: read it before the close.
+        if let AckOutcome::Acked(n) = outcome {
+            conn.acked = conn.acked.max(n);
+        }
+        if !matches!(conn.output, Output::Shut(_)) {
+            return;
+        }
+        if conn.delivered() {
+            // Input may have come since the last read: read it before the close. (What a read
+            // knows already, like a read stopped at an urgent mark, stays.)
             conn.output = Output::Shut(Delivery::Delivered);
-            if conn.input != Input::Ended {
+            if conn.input == Input::Drained {
                 conn.input = Input::Ready;
             }
         } else {
@@ -373,18 +423,17 @@ impl<S> Dispatcher<S> {
         }
     }
 
-    /// Outcome of [`Action::Abandon`]: what the kernel still held is counted as written but never
-    /// acknowledged.
-    pub fn handle_abandoned(&mut self, outcome: DeliveryOutcome) {
-        let fin_sent = match self.outbox.in_flight.take() {
-            Some(Op::Abandon { fin_sent }) => fin_sent,
-            other => panic!("an abandon outcome while awaiting {other:?}"),
+    /// Outcome of [`Action::MeasureAndClose`]: what the peer acknowledged is delivered, the rest
+    /// counted by why the connection closed.
+    pub fn handle_closed(&mut self, outcome: AckOutcome) {
+        let (written, cause) = match self.outbox.in_flight.take() {
+            Some(Op::Measure { written, cause }) => (written, cause),
+            other => panic!("a close outcome while awaiting {other:?}"),
         };
-        if let DeliveryOutcome::Held(n) = outcome {
-            // After our FIN the kernel counts it as one more byte.
-            let bytes = n.saturating_sub(usize::from(fin_sent));
-            self.counts.add(Counter::BytesUnacked, bytes as u64);
-        }
+        let delivered = outcome.delivered_of(written);
+        self.counts.add(Counter::BytesDelivered, delivered);
+        self.counts
+            .add(cause.unacked_counter(), written - delivered);
     }
 
     /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in `read_target`'s buffer.
@@ -414,14 +463,7 @@ impl<S> Dispatcher<S> {
             ReadOutcome::Eof => conn.input = Input::Ended,
             ReadOutcome::WouldBlock => conn.on_would_block(),
             ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
-            ReadOutcome::Failed => conn.fail(),
-        }
-        if matches!(conn.output, Output::Shut(Delivery::Pending | Delivery::Due))
-            && conn.input == Input::Drained
-        {
-            // Input after our FIN read empty: ask about delivery in a later turn.
-            conn.output = Output::Shut(Delivery::Pending);
-            self.timers.check_delivery_later(self.now);
+            ReadOutcome::Failed(why) => conn.fail(why),
         }
     }
 
@@ -446,12 +488,13 @@ impl<S> Dispatcher<S> {
                 return;
             }
             WriteOutcome::WouldBlock => 0,
-            WriteOutcome::Failed => {
-                conn.fail();
+            WriteOutcome::Failed(why) => {
+                conn.fail(why);
                 0
             }
         };
         self.counts.add(Counter::BytesWritten, written as u64);
+        conn.written += written as u64;
         if written > 0 {
             conn.last_active = tick;
         }
@@ -461,7 +504,7 @@ impl<S> Dispatcher<S> {
         match source {
             Source::Scratch(n) => {
                 let rest = &self.scratch[written..n];
-                if matches!(conn.output, Output::Failed { .. }) {
+                if matches!(conn.output, Output::Failed(_)) {
                     self.counts.add(Counter::BytesDropped, rest.len() as u64);
                 } else if !rest.is_empty() {
                     let cap = self.settings.max_pending;
@@ -636,26 +679,32 @@ impl<S> Dispatcher<S> {
         Some(token)
     }
 
-    fn close(&mut self, token: Token) {
-        if let Some(sock) = self.remove(token) {
-            self.close_socket(sock);
+    /// Closes a connection for `cause`. Unless the kernel already proved every byte written
+    /// acknowledged (or nothing was written), the kernel is asked first what the peer holds.
+    fn close(&mut self, token: Token, cause: Cause) {
+        let Some(conn) = self.remove(token) else {
+            return;
+        };
+        if let Some(counter) = cause.close_counter() {
+            self.counts.count(counter);
         }
-    }
-
-    /// Closes a connection without proof of delivery, measuring first what the kernel still holds.
-    fn abandon(&mut self, token: Token) {
-        let fin_sent = self.conns.get(token).is_some_and(Conn::fin_sent);
-        if let Some(sock) = self.remove(token) {
-            let op = Op::Abandon { fin_sent };
+        if conn.delivered() {
+            self.counts.add(Counter::BytesDelivered, conn.written);
+            self.close_socket(conn.sock);
+        } else {
+            let op = Op::Measure {
+                written: conn.written,
+                cause,
+            };
             self.outbox
                 .actions
-                .push_back((Action::Abandon(sock), Some(op)));
+                .push_back((Action::MeasureAndClose(conn.sock), Some(op)));
             self.counts.count(Counter::DescriptorsClosed);
         }
     }
 
-    /// Takes a connection out of the table and counts its close; returns its socket.
-    fn remove(&mut self, token: Token) -> Option<S> {
+    /// Takes a connection out of the table and counts its close.
+    fn remove(&mut self, token: Token) -> Option<Conn<S>> {
         let mut conn = self.conns.remove(token)?;
         self.counts.count(Counter::Closed);
         self.counts
@@ -667,7 +716,7 @@ impl<S> Dispatcher<S> {
             // A descriptor is being freed: the accept that failed may succeed now.
             self.queue_listener();
         }
-        Some(conn.sock)
+        Some(conn)
     }
 
     fn close_socket(&mut self, sock: S) {
@@ -687,8 +736,17 @@ impl<S> Dispatcher<S> {
     fn close_all_at_deadline(&mut self) {
         self.close_listener();
         for token in self.conns.tokens() {
-            self.counts.count(Counter::DeadlineCloses);
-            self.abandon(token);
+            // A connection that failed is closed for its error, whenever that happens.
+            let failed = self
+                .conns
+                .get(token)
+                .is_some_and(|c| matches!(c.output, Output::Failed(_)));
+            let cause = if failed {
+                Cause::Error
+            } else {
+                Cause::Deadline
+            };
+            self.close(token, cause);
         }
     }
 
@@ -714,8 +772,7 @@ impl<S> Dispatcher<S> {
                 .get(token)
                 .is_some_and(|c| clock.expired(c.last_active, self.now));
             if silent {
-                self.counts.count(Counter::IdleCloses);
-                self.abandon(token);
+                self.close(token, Cause::Idle);
             }
         }
         match after(self.now, clock.period()).filter(|_| self.conns.len() > 0) {
@@ -821,7 +878,12 @@ impl<S> Dispatcher<S> {
         match conn.next_step(stopping, room) {
             None => false,
             Some(Step::Close) => {
-                self.close(token);
+                let cause = match conn.output {
+                    Output::Failed(_) => Cause::Error,
+                    Output::Shut(_) => Cause::Delivered,
+                    Output::Open | Output::Blocked => Cause::Orderly,
+                };
+                self.close(token, cause);
                 false
             }
             Some(Step::Write) => {

@@ -37,16 +37,15 @@ pub enum Fault {
     WriteEagain,
     /// The peer's reset is seen by a write.
     WriteReset,
-    /// The peer's kernel acknowledged bytes its application has not read yet.
-    AckEarly,
-    /// The peer's acknowledgement of the last bytes (or of our FIN) is still on its way.
+    /// What was sent has not landed at the peer's kernel yet, or its acknowledgement is still
+    /// on its way: it lands at a later chance.
     AckLate,
     /// What our kernel still counted unacknowledged had reached the peer (its acknowledgement
     /// delayed): a RST after our close spares it.
     RstSpares,
 }
 
-const COUNT: usize = 20;
+const COUNT: usize = 19;
 
 impl Fault {
     pub const ALL: [Fault; COUNT] = [
@@ -67,7 +66,6 @@ impl Fault {
         Fault::WriteShort,
         Fault::WriteEagain,
         Fault::WriteReset,
-        Fault::AckEarly,
         Fault::AckLate,
         Fault::RstSpares,
     ];

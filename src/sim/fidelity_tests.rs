@@ -44,8 +44,10 @@ enum Step {
     Write(usize),
     /// The server writes 64 KiB at a time until a write would block.
     Fill,
-    /// The server asks what its kernel holds unacknowledged.
-    Unacked,
+    /// The server asks how much the client's kernel acknowledged.
+    Acked,
+    /// The same, once it reaches this many (a delayed acknowledgement is waited for, up to 2 s).
+    AckedAtLeast(u64),
     /// The server shuts its write side.
     ShutdownWrite,
     /// The server closes its socket.
@@ -61,9 +63,8 @@ enum Seen {
     NoEvent,
     Read(Outcome),
     Write(Outcome),
-    Unacked {
-        held: bool,
-    },
+    /// What the client's kernel acknowledged, as `tcpi_bytes_acked` says.
+    Acked(u64),
     /// What the client read, and how its reading ended.
     Client {
         got: usize,
@@ -181,11 +182,8 @@ impl Real {
                 return vec![Seen::Write(Outcome::of(&r))];
             }
             Step::Fill => return self.fill(),
-            Step::Unacked => {
-                let sock = self.server.as_ref().expect("accepted");
-                let held = self.shell.unacked(sock).expect("SIOCOUTQ");
-                return vec![Seen::Unacked { held: held > 0 }];
-            }
+            Step::Acked => return vec![self.acked(0)],
+            Step::AckedAtLeast(n) => return vec![self.acked(n)],
             Step::ShutdownWrite => {
                 let sock = self.server.as_ref().expect("accepted");
                 self.shell.shutdown_write(sock);
@@ -194,6 +192,19 @@ impl Real {
             Step::ClientDrain => return vec![self.client_drain()],
         }
         Vec::new()
+    }
+
+    /// What the client's kernel acknowledged, once it reaches `at_least` or 2 s have passed.
+    fn acked(&mut self, at_least: u64) -> Seen {
+        let sock = self.server.as_ref().expect("accepted");
+        let give_up = Instant::now() + Duration::from_secs(2);
+        loop {
+            let acked = self.shell.acked(sock).expect("TCP_INFO");
+            if acked >= at_least || Instant::now() > give_up {
+                return Seen::Acked(acked);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn client_drain(&mut self) -> Seen {
@@ -292,10 +303,21 @@ impl Replay {
     }
 
     fn steer(&mut self, faults: Vec<Fault>, size: Option<usize>) {
+        self.steer_landing(faults, size, None);
+    }
+
+    /// Steers with `land` units landing at the client's kernel when an acknowledgement is late.
+    fn steer_landing(&mut self, faults: Vec<Fault>, size: Option<usize>, land: Option<usize>) {
         self.kernel.choices = Choices {
             faults: Faults::none(),
-            steer: Some(Steer { faults, size }),
+            steer: Some(Steer { faults, size, land }),
         };
+    }
+
+    /// Nothing lands at the client's kernel unless a question or a read says it did: the real
+    /// kernel acknowledges in its own time.
+    fn hold_landing(&mut self) {
+        self.steer_landing(vec![Fault::AckLate], None, None);
     }
 
     /// Replays one step's client acts, and checks each server outcome the real side saw is one
@@ -307,6 +329,10 @@ impl Replay {
             Step::Fin => self.kernel.client_fin(self.link()),
             Step::Reset => self.kernel.client_reset(self.link()),
             Step::ClientRead(n) => {
+                // The client read `n` bytes: at least that much reached its kernel.
+                let d = &self.kernel.links[self.link()].down;
+                let land = n.saturating_sub(d.inbox.len()).min(d.queue.len());
+                self.steer_landing(vec![Fault::AckLate], None, Some(land));
                 self.kernel.client_recv(self.link(), n);
             }
             Step::Accept => {
@@ -318,6 +344,7 @@ impl Replay {
                 self.sock = Some(sock);
             }
             Step::ShutdownWrite => {
+                self.hold_landing();
                 let sock = self.sock.as_ref().expect("accepted");
                 self.kernel.shutdown_write(sock);
             }
@@ -326,6 +353,7 @@ impl Replay {
                 self.kernel.close(sock);
             }
             Step::ClientDrain => {
+                self.steer(Vec::new(), None);
                 let got = self.client_drain();
                 let same = match (seen, got) {
                     // Everything to the end: the same bytes.
@@ -362,7 +390,7 @@ impl Replay {
                     self.produce(*s, 64 * 1024)?;
                 }
             }
-            Step::Wait | Step::Unacked => {
+            Step::Wait | Step::Acked | Step::AckedAtLeast(_) => {
                 for s in seen {
                     self.produce(*s, 0)?;
                 }
@@ -431,25 +459,24 @@ impl Replay {
                 Seen::Read(Outcome::of(&self.kernel.read(sock, &mut buf)))
             }
             Seen::Write(want) => {
-                let (faults, short) = self.write_plan(want, size);
+                let (mut faults, short) = self.write_plan(want, size);
+                faults.push(Fault::AckLate);
                 self.steer(faults, short);
                 let sock = self.sock.as_ref().expect("accepted");
                 Seen::Write(Outcome::of(&self.kernel.write(sock, &vec![7; size])))
             }
-            Seen::Unacked { held } => {
-                let natural = !self.kernel.links[self.link()].down.queue.is_empty();
-                let fault = match (held, natural) {
-                    (true, false) => vec![Fault::AckLate],
-                    (false, true) => vec![Fault::AckEarly],
-                    _ => Vec::new(),
+            Seen::Acked(want) => {
+                // What landed since the last question lands now, no more: the kernel can give
+                // any amount from what it already counts to all it sent, our FIN last.
+                let d = &self.kernel.links[self.link()].down;
+                let before = d.acked + u64::from(d.fin_acked);
+                let Some(land) = want.checked_sub(before) else {
+                    return Err(format!("acked {want}, the kernel already counts {before}"));
                 };
-                self.steer(fault, Some(1));
+                self.steer_landing(vec![Fault::AckLate], None, Some(land as usize));
                 let sock = self.sock.as_ref().expect("accepted");
-                let n = self
-                    .kernel
-                    .unacked(sock)
-                    .map_err(|e| format!("unacked: {e}"))?;
-                Seen::Unacked { held: n > 0 }
+                let n = self.kernel.acked(sock).map_err(|e| format!("acked: {e}"))?;
+                Seen::Acked(n)
             }
             Seen::Client { .. } => return Err(format!("{seen:?} is not the server's to produce")),
         };
@@ -497,7 +524,7 @@ fn check(name: &str, script: &[Step]) -> Vec<(Step, Vec<Seen>)> {
     let mut sim = Replay::new();
     let link = sim
         .kernel
-        .connect(usize::MAX, usize::MAX, 1)
+        .connect(usize::MAX, usize::MAX, 1, usize::MAX)
         .expect("the listener is open");
     sim.link = Some(link);
     let _ = real.addr;
@@ -540,16 +567,18 @@ fn reads(record: &[(Step, Vec<Seen>)]) -> Vec<Outcome> {
 fn partial_reads_and_writes_at_every_size() {
     use Step::*;
     let mut script = vec![Accept, Wait];
+    let mut written = 0;
     for (i, size) in [1, 2, 3, 7, 100, 1000, 4096, 65_536, 100_000]
         .into_iter()
         .enumerate()
     {
+        written += size as u64;
         script.push(Send(size));
         script.push(Wait);
         script.push(Drain([1, 7, 4096, 65_536][i % 4]));
         script.push(Write(size));
         script.push(ClientRead(size));
-        script.push(Unacked);
+        script.push(AckedAtLeast(written));
     }
     check("partial sizes", &script);
 }
@@ -617,11 +646,11 @@ fn a_full_window_refuses_writes_until_the_peer_reads() {
             Accept,
             Wait,
             Fill,
-            Unacked,
+            Acked,
             ClientRead(1 << 20),
             Wait,
             Fill,
-            Unacked,
+            Acked,
         ],
     );
     let refused = record
@@ -648,10 +677,10 @@ fn delivery_after_our_fin() {
             Wait,
             Write(100),
             ClientRead(100),
-            Unacked,
+            Acked,
             ShutdownWrite,
             ClientRead(1),
-            Unacked,
+            Acked,
             Wait,
         ],
     );
@@ -669,7 +698,7 @@ fn data_after_our_close_meets_a_reset_that_spares_what_was_acknowledged() {
             Wait,
             Write(1000),
             ShutdownWrite,
-            Unacked,
+            Acked,
             Close,
             Send(4),
             ClientDrain,
@@ -688,7 +717,7 @@ fn data_after_our_close_meets_a_reset_that_spares_what_was_acknowledged() {
             Wait,
             Fill,
             ShutdownWrite,
-            Unacked,
+            Acked,
             Close,
             Send(4),
             ClientDrain,

@@ -62,7 +62,7 @@ impl Harness {
         self.settle();
     }
 
-    /// A client connects and is accepted; its echo fits in a 64 KiB send buffer.
+    /// A client connects and is accepted; its echo fits in a 64 KiB send buffer and window.
     fn connect(&mut self) -> usize {
         self.connect_with(65_536)
     }
@@ -70,17 +70,18 @@ impl Harness {
     fn connect_with(&mut self, send_buffer: usize) -> usize {
         let link = self
             .kernel()
-            .connect(usize::MAX, send_buffer, 1)
+            .connect(usize::MAX, send_buffer, 1, send_buffer)
             .expect("the listener is open");
         self.settle();
         assert!(self.kernel().links[link].is_open(), "not accepted");
         link
     }
 
-    /// A client whose send buffer holds 100 bytes sends 1100 and reads nothing: 1000 stay pending.
+    /// A client whose window and whose server-side send buffer hold 100 bytes each sends 1200
+    /// and reads nothing: 1000 stay pending.
     fn connect_unread(&mut self) -> usize {
         let link = self.connect_with(100);
-        self.send(link, 1100);
+        self.send(link, 1200);
         assert_eq!(self.worker.core().pending_bytes(), 1000);
         link
     }

@@ -9,6 +9,12 @@
 //! Readiness is edge-triggered the way Linux reports it (see [`Link`]); injected faults that Linux
 //! could not produce alone (a short read with more queued, a would-block with room) are paired with
 //! the edge that would follow. Edges for one token merge into one ready-list entry, as epoll does.
+//!
+//! The kernel is also the oracle of delivery: it keeps its own record of what each client's kernel
+//! acknowledged (landed in its receive buffer, read or not), of what a connection error destroyed
+//! and of a FIN that waits for window, and at each close it takes the cause from what the worker
+//! was told (an error), the clock (the drain deadline) and the stop. The audit holds the report's
+//! delivered, in-flight, unacknowledged and lost bytes against that record.
 
 use std::collections::VecDeque;
 use std::io;
@@ -43,7 +49,9 @@ pub enum Rule {
     Cap,
     /// An operation on a closed or never-accepted socket, or the closed listener.
     ClosedOp,
-    /// An accept after the stop; a FIN before it; an echo read after it.
+    /// An accept after the stop; a FIN before it; an echo read after it; a close during the stop,
+    /// before the deadline and without an error, of a connection whose peer had not acknowledged
+    /// every byte.
     Stop,
 }
 
@@ -286,7 +294,8 @@ impl<E: Entropy> Kernel<E> {
         for (i, l) in self.links.iter().enumerate() {
             out.push_str(&format!(
                 "  link {i}: {:?} {:?} excluded={:?} sent={} fin={} unread={} | queued_out={} \
-                 out_fin={} received={} eof_seen={} | {:?} shut={} want_write={}\n",
+                 out_fin={} landed={} acked={} fin_acked={} received={} eof_seen={} | {:?} \
+                 shut={} want_write={}\n",
                 l.stage,
                 l.broken,
                 l.excluded,
@@ -295,6 +304,9 @@ impl<E: Entropy> Kernel<E> {
                 l.up.queued(),
                 l.down.queue.len(),
                 l.down.fin,
+                l.down.inbox.len(),
+                l.down.acked,
+                l.down.fin_acked,
                 l.down.received,
                 l.down.saw_eof,
                 l.audit,
@@ -433,9 +445,45 @@ impl<E: Entropy> Kernel<E> {
             deadline,
             events: batch.len(),
         });
+        for (token, r) in &batch {
+            if r.error {
+                self.told_error(*token);
+            }
+        }
         for (token, r) in batch {
             on_event(token, r);
         }
+    }
+
+    /// The worker learns of an error on the open socket registered as `token`.
+    fn told_error(&mut self, token: Token) {
+        if let Some(l) = self
+            .links
+            .iter_mut()
+            .find(|l| l.token == Some(token) && l.is_open())
+        {
+            l.audit.error_told = true;
+        }
+    }
+
+    /// What the server's kernel sent lands at the client's, unless some of it (or its
+    /// acknowledgement) is still on the way: then only part lands now, the rest at a later chance
+    /// (another write, a question, a read).
+    fn maybe_land(&mut self, link: usize) {
+        let units = if self.fault(Fault::AckLate) {
+            match &mut self.choices.steer {
+                Some(steer) => steer.land.take().unwrap_or(0),
+                None => {
+                    let d = &self.links[link].down;
+                    let queued = d.queue.len() + usize::from(d.fin && !d.fin_acked);
+                    self.rng.below(queued as u64 + 1) as usize
+                }
+            }
+        } else {
+            usize::MAX
+        };
+        let r = self.links[link].land(units);
+        self.edge(link, r);
     }
 
     // ----- the worker's system calls -----
@@ -570,10 +618,12 @@ impl<E: Entropy> Kernel<E> {
         // After a reset what was queued can still be read (Linux keeps it), then the error.
         let reset = self.links[link].broken == Break::Reset;
         if reset && self.links[link].up.queued() == 0 {
+            self.links[link].audit.error_told = true;
             return errno(libc::ECONNRESET);
         }
         if !reset && self.fault(Fault::ReadReset) {
             self.reset_by_network(link);
+            self.links[link].audit.error_told = true;
             return errno(libc::ECONNRESET);
         }
         let stopped = self.stop_at.is_some();
@@ -652,10 +702,12 @@ impl<E: Entropy> Kernel<E> {
             return errno(libc::EINTR);
         }
         if self.links[link].broken != Break::Intact {
+            self.links[link].audit.error_told = true;
             return errno(libc::EPIPE);
         }
         if self.fault(Fault::WriteReset) {
             self.reset_by_network(link);
+            self.links[link].audit.error_told = true;
             return errno(libc::EPIPE);
         }
         let room = self.links[link].down.room();
@@ -689,6 +741,7 @@ impl<E: Entropy> Kernel<E> {
         let l = &mut self.links[link];
         l.down.queue.extend(&buf[..k]);
         l.audit.written += k as u64;
+        self.maybe_land(link);
         self.touch(link);
         Ok(k)
     }
@@ -705,6 +758,8 @@ impl<E: Entropy> Kernel<E> {
         let l = &mut self.links[link];
         l.write_shut = true;
         l.down.fin = true;
+        self.maybe_land(link);
+        let l = &self.links[link];
         if l.up.fin {
             // Both directions shut: HUP.
             let r = Readiness {
@@ -734,10 +789,19 @@ impl<E: Entropy> Kernel<E> {
         if deadline {
             self.check_not_held_for_nothing(link);
         }
+        let l = &self.links[link];
+        let (acked, written) = (l.down.acked, l.audit.written);
+        if stopped && !deadline && !l.audit.error_told && acked < written {
+            let what = format!(
+                "socket {link} closed during the stop with {} of {written} bytes unacknowledged",
+                written - acked
+            );
+            self.violate(Rule::Stop, what);
+        }
         let l = &mut self.links[link];
         l.stage = Stage::Closed;
         l.audit.deadline_close = deadline;
-        l.audit.held_at_close = l.audit.last_held.take();
+        l.audit.acked_at_close = Some(acked);
         l.audit.closed_before_stop = !stopped;
         if l.token.is_none() && l.excluded.is_none() {
             // Closed before it was registered: the connection limit turned it away.
@@ -763,7 +827,8 @@ impl<E: Entropy> Kernel<E> {
         }
         let l = &mut self.links[link];
         if unread > 0 && l.broken != Break::Reset {
-            // Closing with unread input sends RST, which may destroy echoed bytes in flight.
+            // Closing with unread input sends RST, which destroys what the client's kernel has
+            // not acknowledged; what it acknowledged stays readable there.
             l.audit.reset_by_server = true;
             l.down.queue.clear();
             if !excused {
@@ -811,30 +876,22 @@ impl<E: Entropy> Kernel<E> {
         self.epoll.waker = false;
     }
 
-    /// `SIOCOUTQ`: what the server's kernel still holds of the output, unacknowledged, counting our
-    /// FIN until the peer has read everything before it. A peer acknowledges as it reads.
-    pub fn unacked(&mut self, sock: &SimSocket) -> io::Result<usize> {
+    /// `tcpi_bytes_acked`: what the client's kernel acknowledged of the output, our FIN counted
+    /// as one more once acknowledged. Asking gives a delayed acknowledgement a chance to arrive.
+    pub fn acked(&mut self, sock: &SimSocket) -> io::Result<u64> {
         self.op();
-        let Some(link) = self.live(sock, "unacked") else {
+        let Some(link) = self.live(sock, "acked") else {
             return errno(libc::EBADF);
         };
-        let l = &self.links[link];
-        let mut held = l.down.queue.len() + usize::from(l.write_shut && !l.down.queue.is_empty());
-        // Something sent may still wait for its acknowledgement: the last byte, or our FIN.
-        let sent_any = l.write_shut || l.audit.written > 0;
-        if held > 0 && self.fault(Fault::AckEarly) {
-            held = self.size(held) - 1;
-        } else if held == 0 && sent_any && self.fault(Fault::AckLate) {
-            held = 1;
-        }
-        self.note(Ev::Unacked(link, held));
+        self.maybe_land(link);
         let now = self.now();
-        let audit = &mut self.links[link].audit;
-        audit.last_held = Some(held);
-        if held > 0 {
-            audit.told_held_at = now;
+        let l = &mut self.links[link];
+        let acked = l.down.acked + u64::from(l.down.fin_acked);
+        if l.down.acked < l.audit.written {
+            l.audit.told_unacked_at = now;
         }
-        Ok(held)
+        self.note(Ev::Acked(link, acked));
+        Ok(acked)
     }
 
     /// The worker closes its epoll instance and wake-up channel: its last operation.
@@ -865,7 +922,7 @@ impl<E: Entropy> Kernel<E> {
         // and the kernel last said otherwise, and still not closed it (a model test may let
         // virtual time jump with no turn between).
         let grace = 2 * MAX_DELIVERY_CHECK.as_nanos() as Nanos;
-        let since = l.last_active.max(l.audit.told_held_at);
+        let since = l.last_active.max(l.audit.told_unacked_at);
         let woke_after_grace = self.activity.waits.0.is_some_and(|w| w >= since + grace);
         let quiet = self.now() - since;
         if held_all && woke_after_grace {
@@ -891,11 +948,13 @@ impl<E: Entropy> Kernel<E> {
 
     /// A client connects: it joins the backlog (the listener gets an edge). `Err` when the
     /// listener is closed (refused) or the backlog is full (the SYN is dropped).
+    /// `rcv_cap` and `snd_cap` are the server's buffers, `window` the client's receive buffer.
     pub fn connect(
         &mut self,
         rcv_cap: usize,
         snd_cap: usize,
         write_space: usize,
+        window: usize,
     ) -> Result<usize, Refused> {
         if !self.listener.open {
             return Err(Refused::Closed);
@@ -904,7 +963,8 @@ impl<E: Entropy> Kernel<E> {
             return Err(Refused::Full);
         }
         let link = self.links.len();
-        self.links.push(Link::new(rcv_cap, snd_cap, write_space));
+        self.links
+            .push(Link::new(rcv_cap, snd_cap, write_space, window));
         self.listener.backlog.push_back(link);
         self.raise(Token::LISTENER, Readiness::READABLE);
         self.note(Ev::Connect(link));
@@ -929,34 +989,30 @@ impl<E: Entropy> Kernel<E> {
     }
 
     /// Data for a socket the server closed is answered with RST, which throws away what the
-    /// server's kernel had not yet had acknowledged: here all the client has not read (our FIN
-    /// counts as acknowledged once everything before it is). Echo it destroys is a violation
-    /// unless the drain deadline excuses it; after a close on delivery it destroys nothing.
+    /// server's kernel had not yet had acknowledged (our FIN too, if it had not landed); what
+    /// landed stays readable at the client. Echo it destroys is a violation unless the drain
+    /// deadline excuses it; after a close on delivery it destroys nothing.
     fn reset_if_closed(&mut self, link: usize) -> bool {
-        let l = &mut self.links[link];
-        if l.stage != Stage::Closed {
+        if self.links[link].stage != Stage::Closed {
             return false;
         }
-        // The client's kernel acknowledges from the front, and keeps what it acknowledged
-        // readable after the RST: the tail the kernel last called unacknowledged is lost, with
-        // our FIN if it was counted; without a question, all the client has not read. Unless
-        // all of it had in fact arrived, its acknowledgement delayed.
-        let unread = l.down.queue.len() + usize::from(l.down.fin);
-        let held = l
-            .audit
-            .held_at_close
-            .map_or(unread, |held| held.min(unread));
-        let lost = if held > 0 && self.fault(Fault::RstSpares) {
-            0
-        } else {
-            held
-        };
+        if self.fault(Fault::RstSpares) {
+            // What was in flight had reached the client, its acknowledgement still on the way.
+            let r = self.links[link].land(usize::MAX);
+            self.edge(link, r);
+        }
         let l = &mut self.links[link];
+        l.rst_to_client = true;
+        let lost = l.down.queue.len();
         if lost > 0 {
+            l.down.queue.clear();
             l.audit.reset_by_server = true;
-            let keep = unread - lost;
-            l.down.queue.truncate(keep);
+        }
+        if l.down.fin && !l.down.fin_acked {
+            // Our FIN had not landed (a full window): the client reads all the echo, then the
+            // reset instead of the end of the stream. No echo is lost.
             l.down.fin = false;
+            l.audit.fin_destroyed = true;
         }
         self.note(Ev::ResetByServer(link, lost));
         true
@@ -966,20 +1022,23 @@ impl<E: Entropy> Kernel<E> {
         self.client_act(link, Ev::ClientFin(link), Link::fin);
     }
 
-    /// The client reads up to `max` bytes of echo.
+    /// The client reads up to `max` bytes of echo: what landed, and what lands as it reads.
     pub fn client_recv(&mut self, link: usize, max: usize) -> Vec<u8> {
-        let (bytes, r) = self.links[link].recv(max);
+        self.maybe_land(link);
+        let bytes = self.links[link].recv(max);
         if !bytes.is_empty() {
             self.note(Ev::ClientRecv(link, bytes.len()));
             self.links[link].last_active = self.now();
             self.bump();
         }
-        self.edge(link, r);
+        // The window opened: more may land.
+        self.maybe_land(link);
         bytes
     }
 
     /// The client reads the server's FIN, if everything before it was read.
     pub fn client_eof(&mut self, link: usize) -> bool {
+        self.maybe_land(link);
         let eof = self.links[link].read_eof();
         if eof {
             self.note(Ev::ClientEof(link));
@@ -1008,64 +1067,114 @@ impl<E: Entropy> Kernel<E> {
     // ----- the audit -----
 
     /// Compares the worker's report with what the kernel saw; returns each disagreement. Meant for
-    /// the end of a run, once every connection is closed.
+    /// the end of a run, once every connection is closed. The bytes delivered and the cause of
+    /// each close come from the kernel's own record, not from what it told the worker.
     pub fn audit(&self, report: &Report) -> Vec<String> {
-        let sum = |f: fn(&Link) -> u64| self.links.iter().map(f).sum::<u64>();
-        let closed = sum(|l| u64::from(l.stage == Stage::Closed));
+        let sum = |f: &dyn Fn(&Link) -> u64| self.links.iter().map(f).sum::<u64>();
+        let closed = sum(&|l| u64::from(l.stage == Stage::Closed));
+        let served = |l: &Link| l.stage == Stage::Closed && l.token.is_some();
+        let cause = |l: &Link| -> Option<Counter> {
+            let counter = if l.audit.error_told {
+                Counter::ErrorCloses
+            } else if l.audit.deadline_close {
+                Counter::DeadlineCloses
+            } else {
+                Counter::Closed
+            };
+            served(l).then_some(counter)
+        };
+        let delivered = |l: &Link| {
+            let acked = l.audit.acked_at_close.unwrap_or(0);
+            acked.min(l.audit.written)
+        };
+        // Bytes written and not acknowledged at the close, counted where its cause says.
+        let unacked_by = |l: &Link, counter: Counter| {
+            let kind = match cause(l) {
+                Some(Counter::ErrorCloses) => Counter::BytesLostToErrors,
+                Some(Counter::DeadlineCloses) => Counter::BytesUnacked,
+                // Before the stop; during it the rule above allows nothing unacknowledged.
+                _ => Counter::BytesInFlight,
+            };
+            if kind == counter {
+                l.audit.written - delivered(l)
+            } else {
+                0
+            }
+        };
         let expected = [
             (
-                "accepted + rejected",
+                Counter::Accepted,
                 report[Counter::Accepted] + report[Counter::Rejected],
                 self.counts.accepted,
             ),
             (
-                "closed + rejected",
+                Counter::Closed,
                 report[Counter::Closed] + report[Counter::Rejected],
                 closed,
             ),
             (
-                "bytes_read",
+                Counter::BytesRead,
                 report[Counter::BytesRead],
-                sum(|l| l.audit.echo_read),
+                sum(&|l| l.audit.echo_read),
             ),
             (
-                "bytes_written",
+                Counter::BytesWritten,
                 report[Counter::BytesWritten],
-                sum(|l| l.audit.written),
+                sum(&|l| l.audit.written),
             ),
             (
-                "bytes_dropped",
-                report[Counter::BytesDropped],
-                sum(|l| l.audit.echo_read - l.audit.written),
+                Counter::BytesDelivered,
+                report[Counter::BytesDelivered],
+                sum(&delivered),
             ),
             (
-                "bytes_discarded",
-                report[Counter::BytesDiscarded],
-                sum(|l| l.audit.discarded),
+                Counter::BytesInFlight,
+                report[Counter::BytesInFlight],
+                sum(&|l| unacked_by(l, Counter::BytesInFlight)),
             ),
             (
-                "bytes_unacked",
+                Counter::BytesUnacked,
                 report[Counter::BytesUnacked],
-                // The layers that audit run without an idle timeout: only the deadline abandons.
-                sum(|l| l.audit.unacked_at_close(l.write_shut) * u64::from(l.audit.deadline_close)),
+                // The layers that audit run without an idle timeout: only the deadline cuts.
+                sum(&|l| unacked_by(l, Counter::BytesUnacked)),
             ),
             (
-                "deadline_closes",
+                Counter::BytesLostToErrors,
+                report[Counter::BytesLostToErrors],
+                sum(&|l| unacked_by(l, Counter::BytesLostToErrors)),
+            ),
+            (
+                Counter::BytesDropped,
+                report[Counter::BytesDropped],
+                sum(&|l| l.audit.echo_read - l.audit.written),
+            ),
+            (
+                Counter::BytesDiscarded,
+                report[Counter::BytesDiscarded],
+                sum(&|l| l.audit.discarded),
+            ),
+            (
+                Counter::ErrorCloses,
+                report[Counter::ErrorCloses],
+                sum(&|l| u64::from(cause(l) == Some(Counter::ErrorCloses))),
+            ),
+            (
+                Counter::DeadlineCloses,
                 report[Counter::DeadlineCloses],
-                sum(|l| u64::from(l.audit.deadline_close)),
+                sum(&|l| u64::from(cause(l) == Some(Counter::DeadlineCloses))),
             ),
             (
-                "descriptors_closed",
+                Counter::DescriptorsClosed,
                 report[Counter::DescriptorsClosed],
                 self.counts.closes,
             ),
             (
-                "accept_emfile",
+                Counter::AcceptEmfile,
                 report[Counter::AcceptEmfile],
                 self.counts.emfile,
             ),
             (
-                "accept_enfile",
+                Counter::AcceptEnfile,
                 report[Counter::AcceptEnfile],
                 self.counts.enfile,
             ),
@@ -1073,10 +1182,10 @@ impl<E: Entropy> Kernel<E> {
         let mut wrong: Vec<String> = expected
             .iter()
             .filter(|(_, got, want)| got != want)
-            .map(|(what, got, want)| format!("{what}: report {got}, kernel {want}"))
+            .map(|(c, got, want)| format!("{}: report {got}, kernel {want}", c.name()))
             .collect();
         if !report.balances() {
-            wrong.push("bytes_read != bytes_written + bytes_dropped".into());
+            wrong.push(format!("the report does not balance: {report}"));
         }
         let cap = self.setup.max_pending as u64;
         if report[Counter::PendingHighWater] > cap {
@@ -1097,11 +1206,13 @@ pub struct Choices {
     pub steer: Option<Steer>,
 }
 
-/// Forced answers: these faults strike (all others do not), with this size when one asks for it.
+/// Forced answers: these faults strike (all others do not), with this size when one asks for it,
+/// and, at the next late acknowledgement, this many units landing (none at the others).
 #[derive(Clone, Debug, Default)]
 pub struct Steer {
     pub faults: Vec<Fault>,
     pub size: Option<usize>,
+    pub land: Option<usize>,
 }
 
 /// Why a connection attempt failed.
@@ -1183,8 +1294,8 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
         self.kernel.close_listener();
     }
 
-    fn unacked(&mut self, sock: &SimSocket) -> io::Result<usize> {
-        self.kernel.unacked(sock)
+    fn acked(&mut self, sock: &SimSocket) -> io::Result<u64> {
+        self.kernel.acked(sock)
     }
 
     fn close_shell(&mut self) {

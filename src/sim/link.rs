@@ -1,6 +1,13 @@
-//! One simulated TCP connection, both ends: what the client sent and the server has not read, what
-//! the server wrote and the client has not read (unacknowledged), the FINs and resets, and the
-//! counts the audit compares with the worker's report.
+//! One simulated TCP connection, both ends: what the client sent and the server has not read; what
+//! the server wrote that the client's kernel has not acknowledged (the server's send queue), and
+//! what it acknowledged that the client has not read (the client's receive buffer, bounded by its
+//! window); the FINs and resets; and the counts the audit compares with the worker's report.
+//!
+//! The client's kernel acknowledges what lands in its receive buffer, whether or not the client
+//! reads it: bytes land when the kernel says so ([`Link::land`]), as far as the window allows. Our
+//! FIN lands after the last byte, and only into an open window. What the client's kernel
+//! acknowledged is the oracle's own record ([`Downstream::acked`]), kept apart from what the
+//! client read.
 //!
 //! Client-side operations return the readiness they raise on the server's socket, the way Linux
 //! reports it: new input raises readable; an urgent byte (`MSG_OOB`) raises readable + PRI; a FIN
@@ -85,7 +92,7 @@ impl Upstream {
 /// Server to client.
 #[derive(Debug, Default)]
 pub struct Downstream {
-    /// Written by the server and not yet read by the client (nor acknowledged).
+    /// Written by the server and not yet acknowledged by the client's kernel.
     pub queue: VecDeque<u8>,
     /// Most bytes that may be in flight (the server's send buffer).
     pub cap: usize,
@@ -95,24 +102,33 @@ pub struct Downstream {
     pub want_write: bool,
     /// The server sent FIN (shut its write side or closed), after `queue`.
     pub fin: bool,
+    /// Acknowledged by the client's kernel and not yet read by the client: its receive buffer.
+    pub inbox: VecDeque<u8>,
+    /// The client's receive buffer: the most that may be acknowledged and unread.
+    pub window: usize,
+    /// Bytes the client's kernel acknowledged, in all: the oracle's record of what was delivered.
+    pub acked: u64,
+    /// The client's kernel acknowledged our FIN.
+    pub fin_acked: bool,
     /// Bytes of the echo the client has read.
     pub received: usize,
     /// The client read the server's FIN.
     pub saw_eof: bool,
 }
 
-impl Audit {
-    /// Bytes of echo the kernel held unacknowledged at the close, as the worker was told.
-    pub fn unacked_at_close(&self, write_shut: bool) -> u64 {
-        self.held_at_close.map_or(0, |held| {
-            held.saturating_sub(usize::from(write_shut)) as u64
-        })
-    }
-}
-
 impl Downstream {
     pub fn room(&self) -> usize {
         self.cap - self.queue.len()
+    }
+
+    /// Echo the client has yet to read: landed or still on its way.
+    pub fn unread(&self) -> usize {
+        self.inbox.len() + self.queue.len()
+    }
+
+    /// Room in the client's window.
+    fn window_room(&self) -> usize {
+        self.window.saturating_sub(self.inbox.len())
     }
 }
 
@@ -133,16 +149,18 @@ pub struct Audit {
     pub closed_before_stop: bool,
     /// The server closed it at or after the drain deadline.
     pub deadline_close: bool,
-    /// The server's close sent RST (it closed with input unread).
+    /// A RST from the server destroyed echo: it closed with input unread, or the client sent to
+    /// a socket closed with echo unacknowledged.
     pub reset_by_server: bool,
-    /// What the kernel last said the peer had not acknowledged (`SIOCOUTQ`, our FIN counted as
-    /// one), if the worker asked.
-    pub last_held: Option<usize>,
-    /// The same, taken at the close.
-    pub held_at_close: Option<usize>,
-    /// When the kernel last told the worker something was unacknowledged (a late acknowledgement
-    /// says so even after the peer holds everything).
-    pub told_held_at: u64,
+    /// A RST from the server took our FIN before it landed: the client read the whole echo, then
+    /// the reset.
+    pub fin_destroyed: bool,
+    /// The worker was told of an error on this socket: an error event or a failed read or write.
+    pub error_told: bool,
+    /// What the client's kernel had acknowledged when the server closed the socket.
+    pub acked_at_close: Option<u64>,
+    /// When the kernel last told the worker that not every byte written was acknowledged.
+    pub told_unacked_at: u64,
 }
 
 /// One connection.
@@ -155,6 +173,9 @@ pub struct Link {
     pub broken: Break,
     /// The server shut its write side.
     pub write_shut: bool,
+    /// A RST from the server's kernel reached the client (it sent to a closed socket): its sends
+    /// fail from then on, while it still reads what its kernel holds.
+    pub rst_to_client: bool,
     pub audit: Audit,
     /// Why the end-of-run echo checks do not apply, if they do not.
     pub excluded: Option<&'static str>,
@@ -163,7 +184,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(rcv_cap: usize, snd_cap: usize, write_space: usize) -> Link {
+    pub fn new(rcv_cap: usize, snd_cap: usize, write_space: usize, window: usize) -> Link {
         Link {
             stage: Stage::Queued,
             token: None,
@@ -174,10 +195,12 @@ impl Link {
             down: Downstream {
                 cap: snd_cap.max(1),
                 write_space: write_space.clamp(1, snd_cap.max(1)),
+                window: window.max(1),
                 ..Downstream::default()
             },
             broken: Break::Intact,
             write_shut: false,
+            rst_to_client: false,
             audit: Audit::default(),
             excluded: None,
             last_active: 0,
@@ -200,6 +223,7 @@ impl Link {
         matches!(self.stage, Stage::Queued | Stage::Open | Stage::Closed)
             && self.broken == Break::Intact
             && !self.up.fin
+            && !self.rst_to_client
     }
 
     /// The readiness of the server's socket right now, as `EPOLL_CTL_ADD` reports it.
@@ -260,31 +284,49 @@ impl Link {
         }
     }
 
-    /// The client reads up to `max` bytes of echo; returns them and the readiness the freed room
-    /// raises, if any.
-    pub fn recv(&mut self, max: usize) -> (Vec<u8>, Readiness) {
-        let k = max.min(self.down.queue.len());
-        let bytes: Vec<u8> = self.down.queue.drain(..k).collect();
-        self.down.received += k;
-        let mut raised = Readiness::NONE;
-        if self.down.want_write && self.down.room() >= self.down.write_space {
-            self.down.want_write = false;
-            raised = Readiness::WRITABLE;
+    /// Up to `max` units of the send queue land in the client's receive buffer, as far as its
+    /// window allows, and are acknowledged: bytes, then our FIN as one more unit if it is next
+    /// and the window is open. Returns the writable edge the freed send buffer raises, if owed.
+    pub fn land(&mut self, max: usize) -> Readiness {
+        if self.broken != Break::Intact {
+            // The client's kernel is gone or reset the connection: nothing lands any more.
+            return Readiness::NONE;
         }
-        (bytes, raised)
+        let d = &mut self.down;
+        let k = max.min(d.queue.len()).min(d.window_room());
+        let landed: Vec<u8> = d.queue.drain(..k).collect();
+        d.inbox.extend(landed);
+        d.acked += k as u64;
+        if d.fin && d.queue.is_empty() && d.window_room() > 0 && max > k {
+            d.fin_acked = true;
+        }
+        if d.want_write && d.room() >= d.write_space {
+            d.want_write = false;
+            return Readiness::WRITABLE;
+        }
+        Readiness::NONE
+    }
+
+    /// The client reads up to `max` bytes of what landed; its window opens again.
+    pub fn recv(&mut self, max: usize) -> Vec<u8> {
+        let k = max.min(self.down.inbox.len());
+        let bytes: Vec<u8> = self.down.inbox.drain(..k).collect();
+        self.down.received += k;
+        bytes
     }
 
     /// The client reads the server's FIN, once everything before it is read.
     pub fn read_eof(&mut self) -> bool {
-        let at_eof = self.down.fin && self.down.queue.is_empty();
+        let at_eof = self.down.fin_acked && self.down.inbox.is_empty();
         self.down.saw_eof |= at_eof;
         at_eof
     }
 
-    /// The client aborts with RST.
+    /// The client aborts with RST: its kernel forgets what it held, ours what it sent.
     pub fn reset(&mut self) -> Readiness {
         self.broken = Break::Reset;
         self.down.queue.clear();
+        self.down.inbox.clear();
         Readiness {
             readable: true,
             writable: true,
@@ -312,9 +354,9 @@ mod tests {
 
     #[test]
     fn a_fin_after_the_servers_shutdown_hangs_up_both_ways() {
-        let mut l = Link::new(10, 10, 1);
+        let mut l = Link::new(10, 10, 1, 10);
         assert!(!l.fin().hangup);
-        let mut l = Link::new(10, 10, 1);
+        let mut l = Link::new(10, 10, 1, 10);
         l.write_shut = true;
         let r = l.fin();
         assert!(r.hangup && r.writable && r.read_closed && r.readable);
@@ -322,19 +364,67 @@ mod tests {
 
     #[test]
     fn freed_room_raises_writable_only_when_owed_and_large_enough() {
-        let mut l = Link::new(10, 10, 4);
+        let mut l = Link::new(10, 10, 4, 100);
         l.down.queue.extend([1u8; 10]);
-        assert_eq!(l.recv(5).1, Readiness::NONE, "no write was refused");
+        assert_eq!(l.land(5), Readiness::NONE, "no write was refused");
         l.down.queue.extend([1u8; 5]);
         l.down.want_write = true;
-        assert_eq!(l.recv(3).1, Readiness::NONE, "3 free, 4 needed");
-        assert_eq!(l.recv(1).1, Readiness::WRITABLE);
+        assert_eq!(l.land(3), Readiness::NONE, "3 free, 4 needed");
+        assert_eq!(l.land(1), Readiness::WRITABLE);
         assert!(!l.down.want_write);
     }
 
     #[test]
+    fn the_peers_kernel_acknowledges_what_lands_whether_or_not_it_is_read() {
+        let mut l = Link::new(10, 100, 1, 8);
+        l.down.queue.extend(0..20u8);
+        l.land(usize::MAX);
+        assert_eq!((l.down.acked, l.down.inbox.len()), (8, 8), "a full window");
+        assert_eq!(l.down.received, 0, "nothing read");
+        l.down.fin = true;
+        l.land(usize::MAX);
+        assert!(!l.down.fin_acked, "bytes before the FIN wait");
+        l.recv(1);
+        l.land(1);
+        assert_eq!(l.down.acked, 9, "one unit landed: a byte");
+        assert_eq!(l.recv(8), (1..9u8).collect::<Vec<_>>());
+        l.land(usize::MAX);
+        assert_eq!(l.down.acked, 17);
+        l.recv(3);
+        l.land(usize::MAX);
+        assert_eq!(l.down.acked, 20, "every byte landed");
+        assert_eq!(l.down.window_room(), 0, "and fills the window exactly");
+        assert!(!l.down.fin_acked, "a FIN does not go into a zero window");
+        assert!(!l.read_eof());
+        l.recv(1);
+        l.land(usize::MAX);
+        assert!(l.down.fin_acked);
+        assert_eq!(l.recv(20).len(), 7);
+        assert!(l.read_eof());
+    }
+
+    #[test]
+    fn nothing_lands_once_the_peer_is_gone() {
+        let mut l = Link::new(10, 100, 1, 8);
+        l.down.queue.extend([1u8; 5]);
+        l.land(2);
+        l.vanish();
+        l.land(usize::MAX);
+        assert_eq!(l.down.acked, 2);
+        let mut l = Link::new(10, 100, 1, 8);
+        l.down.queue.extend([1u8; 5]);
+        l.land(3);
+        l.reset();
+        assert_eq!(
+            (l.down.acked, l.down.inbox.len()),
+            (3, 0),
+            "acknowledged, then forgotten"
+        );
+    }
+
+    #[test]
     fn a_read_stops_at_the_urgent_mark_once_it_has_copied_something() {
-        let mut l = Link::new(usize::MAX, 10, 1);
+        let mut l = Link::new(usize::MAX, 10, 1, 10);
         l.send(&[1; 1000]);
         let r = l.send_urgent(&[2]);
         assert!(r.urgent && r.readable);
@@ -353,7 +443,7 @@ mod tests {
 
     #[test]
     fn registration_reports_what_is_already_true() {
-        let mut l = Link::new(10, 10, 1);
+        let mut l = Link::new(10, 10, 1, 10);
         assert_eq!(
             l.current_readiness(),
             Readiness {

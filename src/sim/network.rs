@@ -186,7 +186,7 @@ impl Network {
             Phase::Done => return,
             Phase::Arriving => {
                 let spec = &self.clients[c].spec;
-                match k.connect(spec.rcv_cap, spec.snd_cap, spec.write_space) {
+                match k.connect(spec.rcv_cap, spec.snd_cap, spec.write_space, spec.window) {
                     Err(Refused::Closed) => {
                         self.clients[c].phase = Phase::Done;
                         return;
@@ -227,8 +227,13 @@ impl Network {
                 return;
             }
         }
-        if l.stage == Stage::Closed && l.audit.reset_by_server {
-            // The server's RST reached the client: its next call fails with ECONNRESET.
+        let reset_after_echo = l.audit.fin_destroyed && l.down.unread() == 0;
+        if (l.stage == Stage::Closed && l.audit.reset_by_server)
+            || l.broken == Break::Reset
+            || reset_after_echo
+        {
+            // A RST reached the client (the server's, or the network's): its next call fails
+            // with ECONNRESET.
             self.done(c);
             return;
         }
@@ -258,8 +263,8 @@ impl Network {
         // Receive.
         if self.clients[c].pause_until <= now {
             let l = &k.links[link];
-            if !l.down.queue.is_empty() {
-                let max = l.down.queue.len().min(self.clients[c].spec.recv_chunk) as u64;
+            if l.down.unread() > 0 {
+                let max = l.down.unread().min(self.clients[c].spec.recv_chunk) as u64;
                 let n = k.rng.upto(max) as usize;
                 k.client_recv(link, n);
                 if k.rng.chance(self.client_pause) {
@@ -310,13 +315,14 @@ impl Network {
         let paused = client.pause_until > now;
         let can_send =
             l.client_can_send() && !l.down.saw_eof && l.up.sent.len() < len && l.send_room() > 0;
-        let can_recv = !paused && (!l.down.queue.is_empty() || (l.down.fin && !l.down.saw_eof));
+        let eof_due = l.down.fin && !l.down.saw_eof && l.broken == Break::Intact;
+        let can_recv = !paused && (l.down.unread() > 0 || eof_due);
         let reset_due =
             matches!(client.spec.finish, Finish::Reset { after } if l.up.sent.len() >= after);
-        let fin_due =
+        let our_fin_due =
             client.spec.finish == Finish::HalfClose && l.up.sent.len() == len && !l.up.fin;
         let (think, pause_until) = (client.spec.think, client.pause_until);
-        self.clients[c].next = if can_send || can_recv || reset_due || fin_due {
+        self.clients[c].next = if can_send || can_recv || reset_due || our_fin_due {
             Some(now + k.rng.upto(think))
         } else if paused {
             Some(pause_until)
@@ -422,7 +428,7 @@ impl Network {
         let received = l.down.received as u64;
         assert_eq!(received, written, "{}", why("did not get what was written"));
         let client = &self.clients[self.owner[link]];
-        if client.spec.finish != Finish::CloseAfterEcho {
+        if client.spec.finish != Finish::CloseAfterEcho && !l.audit.fin_destroyed {
             assert!(l.down.saw_eof, "{}", why("never saw the server's FIN"));
         }
         if l.audit.eof_before_stop {
@@ -437,7 +443,7 @@ impl Network {
 fn satisfied(l: &Link) -> bool {
     l.up.queued() == 0
         && !l.up.fin
-        && l.down.queue.is_empty()
+        && l.down.unread() == 0
         && l.audit.written == l.audit.echo_read
         && l.audit.echo_read == l.up.sent.len() as u64
 }

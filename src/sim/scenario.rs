@@ -40,6 +40,8 @@ pub struct ClientSpec {
     pub snd_cap: usize,
     /// Free send-buffer space that raises the writable edge after a full or partial write.
     pub write_space: usize,
+    /// The client's receive buffer: how much echo its kernel acknowledges before the client reads.
+    pub window: usize,
     pub send_chunk: usize,
     pub recv_chunk: usize,
     /// Longest time between two client actions.
@@ -151,6 +153,7 @@ fn client(e: &mut impl Entropy, payload: Option<&[u8]>) -> ClientSpec {
         think: e.pick(&[200 * MICRO, MICRO, 20 * MICRO, 2 * MILLI]),
         pause: e.pick(&[MILLI, 50 * MILLI, 400 * MILLI]),
         urgent: e.pick(&[0, 0, 50, 300]),
+        window: buf(e),
     }
 }
 

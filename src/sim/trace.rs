@@ -43,7 +43,8 @@ pub enum Ev {
         deadline: bool,
     },
     CloseListener,
-    Unacked(usize, usize),
+    /// What the client's kernel acknowledged, as the worker was told.
+    Acked(usize, u64),
     CloseShell,
     ClientSend(usize, usize),
     ClientUrgent(usize, usize),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::epoll::{Epoll, Events, Interest};
-use super::socket::{accept, read, shutdown_write, unacked, write};
+use super::socket::{accept, acked, read, shutdown_write, write};
 use super::Waker;
 use crate::dispatch::{Readiness, Token};
 use crate::io::Io;
@@ -101,8 +101,8 @@ impl Io for EpollShell {
         }
     }
 
-    fn unacked(&mut self, sock: &OwnedFd) -> io::Result<usize> {
-        unacked(sock.as_fd())
+    fn acked(&mut self, sock: &OwnedFd) -> io::Result<u64> {
+        acked(sock.as_fd())
     }
 
     fn close_shell(&mut self) {

@@ -97,8 +97,52 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map(|n| n as usize)
 }
 
+/// Bytes of the connection's output the peer's kernel acknowledged, our FIN counted as one more
+/// once acknowledged (`tcpi_bytes_acked` of `TCP_INFO`, Linux 4.1 and later; the SYN is not
+/// counted). It stays readable after a reset or a timeout. A kernel whose `tcp_info` ends before
+/// the field answers `ENOPROTOOPT`, so nothing is taken as acknowledged.
+pub(crate) fn acked(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let (info, len) = tcp_info(fd)?;
+    let needed = mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + mem::size_of::<u64>();
+    if len < needed {
+        return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    }
+    Ok(info.tcpi_bytes_acked)
+}
+
+/// `TCP_INFO`, and how many of its bytes this kernel filled in (older kernels know fewer fields;
+/// the rest stay zero).
+fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<(libc::tcp_info, usize)> {
+    // SAFETY: tcp_info is plain old data; all-zero bytes are a valid value.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live tcp_info and its exact size; the kernel writes at most
+    // `len` bytes and stores how many it wrote in `len`.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        (&mut info as *mut libc::tcp_info).cast(),
+        &mut len
+    ))?;
+    Ok((info, len as usize))
+}
+
+/// The window the peer last advertised, in bytes (`tcpi_snd_wnd`, Linux 5.4 and later): how much
+/// more our kernel may send before the peer reads. Tests build a full window with it.
+#[cfg(test)]
+pub(crate) fn peer_window(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let (info, len) = tcp_info(fd)?;
+    let needed = mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + mem::size_of::<u32>();
+    if len < needed {
+        return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    }
+    Ok(info.tcpi_snd_wnd)
+}
+
 /// Bytes of the connection's output the kernel holds unsent or unacknowledged, our FIN counted once
-/// sent (`SIOCOUTQ`, which Linux defines as `TIOCOUTQ`).
+/// queued (`SIOCOUTQ`, which Linux defines as `TIOCOUTQ`). Tests compare it with [`acked`].
+#[cfg(test)]
 pub(crate) fn unacked(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut held: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points to a live c_int.
@@ -237,6 +281,153 @@ mod tests {
         let port = local_addr(&any).port();
         let v4 = std::net::TcpStream::connect(("127.0.0.1", port));
         assert!(v4.is_ok(), "an IPv4 client of [::]:{port}: {v4:?}");
+    }
+
+    /// A loopback pair: a client whose receive buffer is fixed at `rcvbuf` bytes (so its window
+    /// is small and never autotuned) and the server's accepted socket, non-blocking.
+    fn pair_with_small_window(rcvbuf: usize) -> (OwnedFd, OwnedFd) {
+        use nix::sys::socket::{
+            connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            SocketAddr::V4(a) => SockaddrIn::from(a),
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        };
+        let client = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        setsockopt(&client, sockopt::RcvBuf, &rcvbuf).unwrap();
+        connect(client.as_raw_fd(), &addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, OwnedFd::from(server))
+    }
+
+    /// Waits up to 10 s for `done`, polling; the verdict is the condition, not the time.
+    fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < give_up {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        done()
+    }
+
+    /// Bytes waiting in the client's receive queue (a peek that takes nothing).
+    fn held_by_peer(client: &OwnedFd) -> usize {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut buf = vec![0; 1 << 20];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        recv(client.as_raw_fd(), &mut buf, flags).unwrap_or(0)
+    }
+
+    /// Writes until the kernel takes no more; returns how much it took.
+    fn fill(server: &OwnedFd) -> u64 {
+        use std::os::fd::AsFd;
+        let chunk = vec![1; 64 * 1024];
+        let mut written = 0;
+        while let Ok(n) = write(server.as_fd(), &chunk) {
+            written += n as u64;
+        }
+        written
+    }
+
+    #[test]
+    fn acked_is_what_the_peers_kernel_holds_read_or_not() {
+        use std::os::fd::AsFd;
+        let (client, server) = pair_with_small_window(4096);
+        assert_eq!(
+            acked(server.as_fd()).unwrap(),
+            0,
+            "the handshake is not counted"
+        );
+        let written = fill(&server);
+        // The client never reads: its kernel holds what it acknowledged, and the rest waits in ours.
+        let settled = wait_for(|| acked(server.as_fd()).unwrap() == held_by_peer(&client) as u64);
+        let (got, held) = (acked(server.as_fd()).unwrap(), held_by_peer(&client));
+        assert!(settled, "acked {got}, the peer holds {held}");
+        assert!(got > 0 && got < written, "acked {got} of {written}");
+        assert_eq!(unacked(server.as_fd()).unwrap() as u64, written - got);
+    }
+
+    #[test]
+    fn after_a_reset_the_kernel_still_says_what_was_acknowledged_and_what_was_not() {
+        use std::os::fd::AsFd;
+        let (client, server) = pair_with_small_window(4096);
+        let written = fill(&server);
+        assert!(wait_for(
+            || acked(server.as_fd()).unwrap() == held_by_peer(&client) as u64
+        ));
+        let before = acked(server.as_fd()).unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+        drop(client);
+        let mut buf = [0; 16];
+        assert!(wait_for(|| read(server.as_fd(), &mut buf)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNRESET))));
+        assert_eq!(
+            acked(server.as_fd()).unwrap(),
+            before,
+            "what was acknowledged stays"
+        );
+        assert_eq!(
+            unacked(server.as_fd()).unwrap() as u64,
+            written - before,
+            "the rest is still counted, though the reset destroyed it"
+        );
+    }
+
+    #[test]
+    fn a_fin_into_a_full_window_waits_but_every_byte_is_acknowledged() {
+        use std::os::fd::AsFd;
+        let (client, server) = pair_with_small_window(4096);
+        // Fill the peer's window exactly: write what it advertises, let it be acknowledged, and
+        // again, until every byte is acknowledged and the window is shut.
+        let mut written = 0u64;
+        for _ in 0..1000 {
+            let window = peer_window(server.as_fd()).unwrap() as usize;
+            if window == 0 {
+                break;
+            }
+            written += write(server.as_fd(), &vec![2; window]).unwrap() as u64;
+            assert!(
+                wait_for(|| acked(server.as_fd()).unwrap() == written),
+                "{written} written, {} acknowledged",
+                acked(server.as_fd()).unwrap()
+            );
+        }
+        assert_eq!(
+            peer_window(server.as_fd()).unwrap(),
+            0,
+            "the window never shut"
+        );
+        shutdown_write(server.as_fd()).unwrap();
+        // Our FIN cannot go into a zero window: the kernel holds it alone.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(unacked(server.as_fd()).unwrap(), 1, "only our FIN waits");
+        assert_eq!(
+            acked(server.as_fd()).unwrap(),
+            written,
+            "every byte acknowledged"
+        );
+        // Once the peer reads, the window opens and the FIN is acknowledged too.
+        let mut buf = vec![0; 1 << 20];
+        let mut got = 0;
+        while got < written as usize {
+            got += nix::unistd::read(client.as_raw_fd(), &mut buf).unwrap();
+        }
+        assert!(wait_for(|| acked(server.as_fd()).unwrap() == written + 1));
+        assert_eq!(unacked(server.as_fd()).unwrap(), 0);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Collector for Snapshot {
             per_worker(&mut encoder, &name, counter.doc(), gauge, values)?;
         }
         for derived in Derived::ALL {
-            let gauge = derived == Derived::Active;
+            let gauge = derived.is_gauge();
             let name = format!("{PREFIX}_{}", derived.name());
             series(
                 &mut encoder,
@@ -203,7 +203,10 @@ mod tests {
         assert!(text.contains("# TYPE epoll_echo_active gauge\n"));
         assert_eq!(value(&text, "epoll_echo_active"), total.active());
         let delivered = value(&text, "epoll_echo_bytes_delivered_total");
-        assert_eq!(delivered, total.derived(Derived::BytesDelivered));
+        assert_eq!(delivered, total[Counter::BytesDelivered]);
+        let outstanding = value(&text, "epoll_echo_bytes_outstanding");
+        assert_eq!(outstanding, total.derived(Derived::BytesOutstanding));
+        assert!(text.contains("# TYPE epoll_echo_bytes_outstanding gauge\n"));
         assert_eq!(value(&text, "epoll_echo_workers_failed_total"), 1);
         let info = format!(
             "epoll_echo_info{{version=\"{}\",workers=\"2\"}}",
