@@ -58,8 +58,13 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
         Ok(cli) => cli,
         Err(e) => return usage(&e, output),
     };
-    if cli.generate() {
-        return 0;
+    match cli.generate() {
+        None => {}
+        Some(Ok(())) => return 0,
+        Some(Err(why)) => {
+            output.stderr.line(&format!("epoll-echo: {why}"));
+            return 1;
+        }
     }
     let Some((server, metrics)) = start(&cli) else {
         return 1;

@@ -213,3 +213,19 @@ fn an_unwritable_stderr_does_not_stop_the_server() {
     let exit = server.terminate();
     assert_eq!(exit.status.code(), Some(0));
 }
+
+#[test]
+fn generated_files_to_an_unwritable_stdout_fail_with_one_line_and_exit_1() {
+    for args in [&["--completions", "bash"][..], &["--man"]] {
+        let exit = Process::spawn_with(args, dev_full(), Stdio::piped(), None).exit();
+        assert_eq!(exit.status.code(), Some(1), "{args:?}: {:?}", exit.stderr);
+        assert_eq!(exit.stderr.len(), 1, "{args:?}: {:?}", exit.stderr);
+        assert!(
+            exit.stderr[0].starts_with("epoll-echo: cannot write the ")
+                && exit.stderr[0].contains("No space left on device"),
+            "{args:?}: {:?}",
+            exit.stderr
+        );
+        exit.assert_no_panic();
+    }
+}

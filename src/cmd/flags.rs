@@ -19,7 +19,8 @@ Signals:
 
 Exit status:
   0    stopped gracefully
-  1    could not start (the address is taken or not local, no permission, ...)
+  1    could not start (the address is taken or not local, no permission, ...), or could not
+       write the man page or completions
   2    bad usage: an unknown flag or a value out of range
   3    a worker failed (the others were stopped gracefully); the log says which and why
   128+N  a second signal N ended the process at once";
@@ -72,12 +73,23 @@ pub struct Cli {
     pub metrics_addr: Option<SocketAddr>,
 
     /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
-    #[arg(long, value_name = "SHELL", hide = true)]
+    #[arg(long, value_name = "SHELL", hide = true, value_parser = shells())]
     pub completions: Option<clap_complete::Shell>,
 
     /// Print the man page (roff) to stdout and exit
     #[arg(long, hide = true)]
     pub man: bool,
+}
+
+/// The shells completions are made for; clap_complete's others are not offered.
+fn shells() -> impl clap::builder::TypedValueParser<Value = clap_complete::Shell> {
+    use clap::builder::TypedValueParser;
+    use clap_complete::Shell;
+    clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"]).map(|s| match s.as_str() {
+        "zsh" => Shell::Zsh,
+        "fish" => Shell::Fish,
+        _ => Shell::Bash,
+    })
 }
 
 /// A duration no longer than the library's bound on timeouts.
@@ -92,20 +104,26 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    /// Writes the completions or the man page when asked; true if it did (then nothing is served).
-    /// They are written straight to stdout: this is a one-shot tool run, not the server.
-    pub fn generate(&self) -> bool {
-        let mut out = std::io::stdout();
-        if let Some(shell) = self.completions {
-            clap_complete::generate(shell, &mut command(), "epoll-echo", &mut out);
-            return true;
-        }
-        if self.man {
-            // A full stdout or a closed pipe only loses the page.
-            let _ = render_man(&mut out);
-            return true;
-        }
-        false
+    /// Writes the completions or the man page when asked (then nothing is served): `None` when
+    /// not asked, else whether it was written, or the one line saying why not. They go straight
+    /// to stdout: this is a one-shot tool run, not the server.
+    pub fn generate(&self) -> Option<Result<(), String>> {
+        let (what, text) = if let Some(shell) = self.completions {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut completed(), "epoll-echo", &mut text);
+            ("the completions", text)
+        } else if self.man {
+            let mut text = Vec::new();
+            // Writing into memory cannot fail.
+            let _ = render_man(&mut text);
+            ("the man page", text)
+        } else {
+            return None;
+        };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let written = out.write_all(&text).and_then(|()| out.flush());
+        Some(written.map_err(|e| format!("cannot write {what} to stdout: {e}")))
     }
 
     /// The library's configuration for these flags.
@@ -147,7 +165,19 @@ fn planted_failure() -> Option<(usize, u64)> {
 /// The man page: clap's sections, with the signals and exit status as sections of their own
 /// (clap would fill them into one paragraph), and a short NAME line for `whatis` and `apropos`.
 fn render_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let cmd = command();
+    // clap_mangen leaves visible aliases out; say them as --help does.
+    let cmd = command().mut_args(|arg| {
+        let aliases: Vec<String> = arg
+            .get_visible_aliases()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| format!("--{a}"))
+            .collect();
+        match (aliases.is_empty(), arg.get_help().map(|h| h.to_string())) {
+            (false, Some(help)) => arg.help(format!("{help} [aliases: {}]", aliases.join(", "))),
+            _ => arg,
+        }
+    });
     let description = cmd.get_about().map(|a| format!("{a}.")).unwrap_or_default();
     let cmd = cmd
         .about("a Linux TCP echo server (RFC 862)")
@@ -193,6 +223,19 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
+/// The command as completions offer it: without the hidden flags that generate these files.
+fn completed() -> clap::Command {
+    let full = command();
+    let visible: Vec<clap::Arg> = full
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("epoll-echo")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(visible)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +273,27 @@ mod tests {
     #[test]
     fn the_command_is_well_formed() {
         command().debug_assert();
+        completed().debug_assert();
+    }
+
+    #[test]
+    fn completions_offer_no_hidden_flag_and_the_man_page_shows_aliases() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut completed(), "epoll-echo", &mut text);
+            let text = String::from_utf8_lossy(&text);
+            for hidden in ["--completions", "--man", "elvish", "powershell"] {
+                assert!(!text.contains(hidden), "{shell:?} offers {hidden}");
+            }
+            assert!(text.contains("max-listeners"), "{shell:?}");
+        }
+        let mut man = Vec::new();
+        render_man(&mut man).expect("render into memory");
+        let man = String::from_utf8_lossy(&man);
+        assert!(man.contains("[aliases: \\-\\-max\\-listeners]"), "{man}");
     }
 }
