@@ -1,6 +1,6 @@
 complete -c epoll-echo -l port -d 'TCP port to listen on (0 picks a free port)' -r
 complete -c epoll-echo -l maxListeners -l max-listeners -d 'Worker threads, each with its own listener and epoll [default: number of CPUs]' -r
-complete -c epoll-echo -l bind -d 'Address to listen on [default: :: serving IPv4 and IPv6, or 0.0.0.0 without IPv6]' -r
+complete -c epoll-echo -l bind -d 'Address to listen on, fe80::1%eth0 for a link-local one [default: :: serving IPv4 and IPv6, or 0.0.0.0 without IPv6]' -r
 complete -c epoll-echo -l max-pending -d 'Cap on one connection\'s unsent echo, in bytes; at the cap the connection is not read' -r
 complete -c epoll-echo -l drain-timeout -d 'How long a graceful stop may wait for peers to take their echo (500ms, 5s, 1m, or seconds)' -r
 complete -c epoll-echo -l max-conns -d 'Most connections open at once over all workers; at the limit new ones are accepted and closed at once (counted as rejected) [default: no limit]' -r

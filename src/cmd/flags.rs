@@ -1,12 +1,13 @@
 //! The command line: every flag with its help, the duration syntax shared with echo-bench, and the
 //! turning of flags into the library's `Config`.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use epoll_echo::{Config, MAX_TIMEOUT};
 
+use super::address::{parse_bind, parse_socket};
 use super::duration::parse_duration;
 
 /// What `--help` ends with: how to stop the server and what its exit status means.
@@ -40,9 +41,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_listeners: Option<u32>,
 
-    /// Address to listen on [default: :: serving IPv4 and IPv6, or 0.0.0.0 without IPv6]
-    #[arg(long, value_name = "ADDR")]
-    pub bind: Option<IpAddr>,
+    /// Address to listen on, fe80::1%eth0 for a link-local one [default: :: serving IPv4 and
+    /// IPv6, or 0.0.0.0 without IPv6]
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
+    pub bind: Option<(IpAddr, u32)>,
 
     /// Cap on one connection's unsent echo, in bytes; at the cap the connection is not read
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
@@ -69,7 +71,7 @@ pub struct Cli {
 
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0 picks one)
     /// [default: off]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket)]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
@@ -92,9 +94,21 @@ fn shells() -> impl clap::builder::TypedValueParser<Value = clap_complete::Shell
     })
 }
 
-/// A duration no longer than the library's bound on timeouts.
+/// The shortest timeout the server's timers tell apart from zero (they wait in milliseconds).
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// A duration no longer than the library's bound on timeouts, and either zero or at least the
+/// timers' resolution (`1e-10` must not silently mean "off").
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
+    let zero = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if d < TIMER_RESOLUTION && !zero.parse::<f64>().is_ok_and(|z| z == 0.0) {
+        return Err(format!(
+            "'{text}' is shorter than the timers' resolution, 1ms (0 means never)"
+        ));
+    }
     if d > MAX_TIMEOUT {
         return Err(format!(
             "'{text}' is longer than the longest timeout, 7 days"
@@ -129,10 +143,13 @@ impl Cli {
     /// The library's configuration for these flags.
     pub fn config(&self) -> Config {
         let mut config = Config {
-            addr: SocketAddr::new(
-                self.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-                self.port,
-            ),
+            addr: match self.bind {
+                Some((IpAddr::V6(ip), scope)) => {
+                    SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
+                }
+                Some((ip, _)) => SocketAddr::new(ip, self.port),
+                None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
+            },
             max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
             drain_timeout: self.drain_timeout,
             max_conns: self
@@ -248,6 +265,14 @@ mod tests {
             parse_timeout("1e19").is_err(),
             "overflowed the core's clock before"
         );
+        for below in ["1e-10", "500us", "0.0005", "1ns"] {
+            let err = parse_timeout(below).expect_err(below);
+            assert!(err.contains("resolution"), "{err}");
+        }
+        for zero in ["0", "0s", "0.0", "0ms"] {
+            assert_eq!(parse_timeout(zero), Ok(Duration::ZERO), "{zero}");
+        }
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]
@@ -257,6 +282,8 @@ mod tests {
         assert_eq!(addr, "[::]:8080".parse().expect("address"));
         let cli = Cli::parse_from(["epoll-echo", "--bind", "127.0.0.1", "--port", "9"]);
         assert_eq!(cli.config().addr, "127.0.0.1:9".parse().expect("address"));
+        let cli = Cli::parse_from(["epoll-echo", "--bind", "fe80::1%7", "--port", "9"]);
+        assert_eq!(cli.config().addr, "[fe80::1%7]:9".parse().expect("address"));
     }
 
     #[test]
