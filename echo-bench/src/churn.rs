@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::load::{conn_name, describe, owed, source, Spec, CONNECT_TIMEOUT};
+use crate::load::{conn_name, describe, owed, source, timed_out, Spec, CONNECT_TIMEOUT};
 use crate::pattern::{Pattern, MAX_SLICE};
 use crate::stats::{Meter, RunResult};
 use crate::sys;
@@ -118,7 +118,15 @@ fn churn_once(
             Ok(0) => return Err(lost(&stream, got, "closed by the server".into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(lost(&stream, got, describe(&e, spec.timeout))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(lost(&stream, got, timed_out(spec.timeout)))
+            }
+            Err(e) => return Err(lost(&stream, got, format!("read: {e}"))),
         }
     }
     let wrong = |stream: &TcpStream, why: String| {

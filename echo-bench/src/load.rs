@@ -76,7 +76,9 @@ pub fn owed(bytes: u64, msgs: u64) -> String {
 /// An I/O error in words; a socket timeout is named as one rather than as `EAGAIN`.
 pub fn describe(e: &io::Error, limit: Duration) -> String {
     match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(limit),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timed out after {}", humantime::format_duration(limit))
+        }
         _ => e.to_string(),
     }
 }
