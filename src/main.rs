@@ -58,8 +58,13 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
         Ok(cli) => cli,
         Err(e) => return usage(&e, output),
     };
-    if cli.generate() {
-        return 0;
+    match cli.generate() {
+        None => {}
+        Some(Ok(())) => return 0,
+        Some(Err(why)) => {
+            output.stderr.line(&format!("epoll-echo: {why}"));
+            return 1;
+        }
     }
     let Some((server, metrics)) = start(&cli) else {
         return 1;
@@ -74,7 +79,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     log::info!("{listening}");
     notify::ready(&listening);
     let stats = server.live_stats();
-    let code = match wait_for_stop(&mut signals, &server, &stats) {
+    let code = match wait_for_stop(&mut signals, &server, &stats, output) {
         Ok(Why::Signal(signal)) => {
             log::info!("{signal}: stopping gracefully (send it again to exit at once)");
             0
@@ -119,10 +124,15 @@ fn start(cli: &Cli) -> Option<(Arc<Server>, Option<Metrics>)> {
             return None;
         }
     };
-    let server = match Server::start(cli.config()) {
+    let config = cli.config();
+    let server = match Server::start(config.clone()) {
         Ok(server) => Arc::new(server),
         Err(e @ StartError::Bind { .. }) if in_use(&e) => {
-            log::error!("{e}; --reuse-port shares a port on purpose");
+            let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+            match cmd::in_use::advice(config.addr, config.reuse_port, metrics) {
+                Some(advice) => log::error!("{e}; {advice}"),
+                None => log::error!("{e}"),
+            }
             return None;
         }
         Err(e) => {
@@ -170,13 +180,18 @@ enum Why {
 }
 
 /// Waits for a stop signal or a failed worker, printing the live counters on each SIGUSR1.
-fn wait_for_stop(signals: &mut Signals, server: &Server, stats: &LiveStats) -> nix::Result<Why> {
+fn wait_for_stop(
+    signals: &mut Signals,
+    server: &Server,
+    stats: &LiveStats,
+    output: &Output,
+) -> nix::Result<Why> {
     loop {
         if server.failed_workers() > 0 {
             return Ok(Why::WorkerFailed);
         }
         match signals.next(HEALTH_CHECK)? {
-            Some(Request::Stats) => print_stats(stats),
+            Some(Request::Stats) => print_stats(stats, output),
             Some(Request::Stop(signal) | Request::Exit(signal)) => return Ok(Why::Signal(signal)),
             None => {}
         }
@@ -188,7 +203,7 @@ fn wait_for_stop(signals: &mut Signals, server: &Server, stats: &LiveStats) -> n
 fn watch_during_stop(mut signals: Signals, stats: &LiveStats, output: &Output) {
     loop {
         match signals.next(Duration::from_secs(3600)) {
-            Ok(Some(Request::Stats)) => print_stats(stats),
+            Ok(Some(Request::Stats)) => print_stats(stats, output),
             Ok(Some(Request::Stop(signal))) => {
                 log::info!("{signal}: already stopping after a worker failure (send it again to exit at once)");
             }
@@ -203,11 +218,20 @@ fn watch_during_stop(mut signals: Signals, stats: &LiveStats, output: &Output) {
     }
 }
 
-fn print_stats(stats: &LiveStats) {
-    for (i, report) in stats.per_worker().iter().enumerate() {
-        log::info!("stats worker={i} {report}");
+/// The live counters as one block of log lines: one queue entry per signal, however many workers.
+fn print_stats(stats: &LiveStats, output: &Output) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
     }
-    log::info!("stats total {}", stats.total());
+    let info = |text: String| cmd::output::log_line(log::Level::Info, &text);
+    let mut lines: Vec<String> = stats
+        .per_worker()
+        .iter()
+        .enumerate()
+        .map(|(i, report)| info(format!("stats worker={i} {report}")))
+        .collect();
+    lines.push(info(format!("stats total {}", stats.total())));
+    output.stderr.block(&lines);
 }
 
 /// The summary: every counter, then the balance of the bytes, and what it cannot prove.
@@ -216,7 +240,9 @@ fn summarize(report: &Report, output: &Output) {
     log::info!("{}", balance_line(report));
     let dropped = output.stderr.dropped() + output.stdout.dropped();
     if dropped > 0 {
-        log::warn!("{dropped} log lines were dropped: the output was full");
+        log::warn!(
+            "{dropped} log lines were dropped: the log queue was full (the output did not keep up)"
+        );
     }
 }
 

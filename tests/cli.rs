@@ -74,6 +74,11 @@ fn each_bad_flag_gets_one_line_and_exit_2() {
         &["--port", "0", "--drain-timeout", "xyz"],
         &["--port", "0", "--drain-timeout", "-5s"],
         &["--port", "0", "--max-pending", "0"],
+        &["--port", "0", "--bind", "224.0.0.1"],
+        &["--port", "0", "--bind", "255.255.255.255"],
+        &["--port", "0", "--bind", "fe80::1%no-such-if0"],
+        &["--port", "0", "--metrics-addr", "[ff02::1]:0"],
+        &["--port", "0", "--idle-timeout", "1e-10"],
         &["--port"],
     ];
     for args in cases {
@@ -212,4 +217,47 @@ fn an_unwritable_stderr_does_not_stop_the_server() {
     // A panic while logging would end the process with 101 instead.
     let exit = server.terminate();
     assert_eq!(exit.status.code(), Some(0));
+}
+
+#[test]
+fn generated_files_to_an_unwritable_stdout_fail_with_one_line_and_exit_1() {
+    for args in [&["--completions", "bash"][..], &["--man"]] {
+        let exit = Process::spawn_with(args, dev_full(), Stdio::piped(), None).exit();
+        assert_eq!(exit.status.code(), Some(1), "{args:?}: {:?}", exit.stderr);
+        assert_eq!(exit.stderr.len(), 1, "{args:?}: {:?}", exit.stderr);
+        assert!(
+            exit.stderr[0].starts_with("epoll-echo: cannot write the ")
+                && exit.stderr[0].contains("No space left on device"),
+            "{args:?}: {:?}",
+            exit.stderr
+        );
+        exit.assert_no_panic();
+    }
+}
+
+#[test]
+fn a_scoped_link_local_bind_reaches_the_kernel_in_both_flags() {
+    // fe80::1 is not an address of lo, so the kernel refuses it: the point is that the flag's
+    // syntax was taken, for --bind as for --metrics-addr.
+    for args in [
+        &["--port", "0", "--bind", "fe80::1%lo"][..],
+        &[
+            "--port",
+            "0",
+            "--bind",
+            "::1",
+            "--metrics-addr",
+            "[fe80::1%lo]:0",
+        ],
+    ] {
+        let exit = Process::spawn(args).exit();
+        assert_eq!(exit.status.code(), Some(1), "{args:?}: {:?}", exit.stderr);
+        assert_eq!(exit.stderr.len(), 1, "{args:?}: {:?}", exit.stderr);
+        assert!(
+            exit.stderr[0].contains("fe80::1%"),
+            "{args:?}: {:?}",
+            exit.stderr
+        );
+        exit.assert_no_panic();
+    }
 }

@@ -194,7 +194,24 @@ fn a_scrape_shows_every_counter_and_agrees_with_the_stats_and_the_summary() {
 #[test]
 fn bad_requests_are_answered_and_scrapes_go_on() {
     let (server, addr, metrics) = start(&[]);
-    let cases: [(&[u8], &str); 6] = [
+    let mut whole = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    whole.resize(9_000 - 4, b'a');
+    whole.extend_from_slice(b"\r\n\r\n");
+    let mut long_url = b"GET /metrics?".to_vec();
+    long_url.resize(10_000, b'a');
+    long_url.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+    let cases: [(&[u8], &str); 10] = [
+        (
+            b"GET http://localhost/metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "200 OK",
+        ),
+        (
+            b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "400 Bad Request",
+        ),
+        // The head bound holds for a head that arrives whole, as for one that trickles in.
+        (&whole, "431 Request Header Fields Too Large"),
+        (&long_url, "414 URI Too Long"),
         (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", "400 Bad Request"),
         (b"GET /metrics HTTP/7.0\r\n\r\n", "400 Bad Request"),
         (b"GET / HTTP/1.1\r\n\r\n", "404 Not Found"),

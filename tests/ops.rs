@@ -6,6 +6,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::OwnedFd;
+use std::process::Stdio;
 
 use common::process::{on_loopback, Exit, Process};
 use common::{connect, echoes};
@@ -44,7 +45,14 @@ fn a_second_server_on_the_same_port_is_refused() {
     let (first, addr) = Process::start(&["--maxListeners", "2"]);
     let mut args = on(addr).to_vec();
     args.extend(["--maxListeners".into(), "2".into()]);
-    assert_refused(&spawn(&args).exit(), addr);
+    let exit = spawn(&args).exit();
+    assert_refused(&exit, addr);
+    // Our own listener: sharing it would work, so the line says how.
+    assert!(
+        exit.stderr[0].ends_with("; --reuse-port shares a port on purpose"),
+        "{:?}",
+        exit.stderr
+    );
     // The first one never noticed.
     assert!(echoes(&mut connect(addr), b"still mine"));
     first.terminate().assert_clean();
@@ -72,6 +80,74 @@ fn a_foreign_reuse_port_listener_is_refused() {
     let foreign = foreign_reuse_port_listener();
     let addr = foreign.local_addr().expect("its address");
     assert_refused(&spawn(&on(addr)).exit(), addr);
+}
+
+#[test]
+fn no_reuse_port_hint_where_it_cannot_help() {
+    // --reuse-port given already: the listener there does not share.
+    let plain = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = plain.local_addr().expect("its address");
+    let mut args = on(addr).to_vec();
+    args.push("--reuse-port".into());
+    let exit = spawn(&args).exit();
+    assert_refused(&exit, addr);
+    assert!(
+        !exit.stderr[0].contains("--reuse-port"),
+        "{:?}",
+        exit.stderr
+    );
+    drop(plain);
+
+    // The port is the server's own metrics endpoint.
+    let free = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = free.local_addr().expect("its address");
+    drop(free);
+    let mut args = on(addr).to_vec();
+    args.extend(["--metrics-addr".into(), addr.to_string()]);
+    let exit = spawn(&args).exit();
+    assert_refused(&exit, addr);
+    assert!(
+        exit.stderr[0].ends_with("; it is this server's own --metrics-addr"),
+        "{:?}",
+        exit.stderr
+    );
+}
+
+#[test]
+fn a_mistyped_rust_log_does_not_hide_why_the_server_did_not_start() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = taken.local_addr().expect("its address");
+    let args = on(addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for filter in ["inof", "off"] {
+        let exit = Process::spawn_env(&args, &[("RUST_LOG", filter)]).exit();
+        assert_refused(&exit, addr);
+        assert_eq!(level_of(&exit.stderr[0]), "ERROR", "{:?}", exit.stderr);
+    }
+}
+
+#[test]
+fn a_burst_of_sigusr1_is_not_dropped_from_a_file() {
+    // One line per worker per signal: with 16 workers, 200 signals are 3,400 lines, beyond the
+    // queue's 1,024 entries unless each signal's block is one entry.
+    let log = tempfile::NamedTempFile::new().expect("a log file");
+    let stderr = log.reopen().expect("the log file again");
+    let args = on_loopback(&["--maxListeners", "16"]);
+    let server = Process::spawn_with(&args, Stdio::piped(), Stdio::from(stderr), None);
+    server.listening();
+    for _ in 0..200 {
+        server.signal(Signal::SIGUSR1);
+    }
+    let exit = server.terminate();
+    assert!(exit.status.success(), "{:?}", exit.status);
+    let text = std::fs::read_to_string(log.path()).expect("read the log");
+    assert!(!text.contains("log lines were dropped"), "{text}");
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    let totals = count("stats total ");
+    assert!(totals > 0, "{text}");
+    for worker in [0, 15] {
+        assert_eq!(count(&format!("stats worker={worker} ")), totals, "{text}");
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ _epoll__echo() {
 
     case "${cmd}" in
         epoll__echo)
-            opts="-h -V --port --max-listeners --maxListeners --bind --max-pending --drain-timeout --max-conns --idle-timeout --reuse-port --metrics-addr --completions --man --help --version"
+            opts="-h -V --port --max-listeners --maxListeners --bind --max-pending --drain-timeout --max-conns --idle-timeout --reuse-port --metrics-addr --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -63,10 +63,6 @@ _epoll__echo() {
                     ;;
                 --metrics-addr)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --completions)
-                    COMPREPLY=($(compgen -W "bash elvish fish powershell zsh" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -220,12 +220,13 @@ fn run_one(
         sources: 8,
         server_pid: Some(running.pid()),
         intervals: false,
+        timeout: load::ECHO_TIMEOUT,
     };
     let label = format!("{} {} {}", setup.name, sc.label, server.name);
     let mut res = match sc.kind {
         Kind::Ping | Kind::Stream(_) => load::run_load(&spec, pattern, &label),
-        Kind::Churn => load::run_churn(&spec, pattern, &label),
-        Kind::Idle => load::run_idle(&spec, pattern, &label),
+        Kind::Churn => crate::churn::run_churn(&spec, pattern, &label),
+        Kind::Idle => crate::idle::run_idle(&spec, pattern, &label),
     }?;
     res.scenario = sc.label.clone();
     drop(running);

@@ -1,6 +1,11 @@
-//! The load scenarios: closed-loop ping-pong with a pipeline depth, open-loop streaming at a target
-//! rate, connect churn, and idle-hold. Each runs on one thread over one epoll instance, checks every
-//! echoed byte, and stops by itself at its deadline. Every failure it reports names the address.
+//! The closed-loop (ping-pong with a pipeline depth) and open-loop (streaming at a target rate)
+//! scenarios, and what every scenario shares: the run's [`Spec`], connecting, and how a failure
+//! names its connection. A run is one thread over one epoll instance; it checks every echoed byte
+//! and stops by itself at its deadline.
+//!
+//! Every message sent is either echoed and checked, or counted as lost: a message not echoed
+//! within `Spec::timeout` fails its connection (a stall is an error, not a slow figure), and at
+//! the end nothing new is sent while the echoes in flight get until their own deadline.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -8,16 +13,24 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::report::fmt_count;
+
 use crate::pattern::{Pattern, MAX_SLICE};
 use crate::stats::{Meter, RunResult};
 use crate::sys::{self, Epoll, CONN_EVENTS};
 
 /// How long connecting one socket may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest time to connect every socket of a run.
-const SETUP_LIMIT: Duration = Duration::from_secs(30);
+pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
 /// An open-loop connection with this many messages outstanding gets no more until some return.
-const OPEN_LOOP_MAX_OUTSTANDING: usize = 4096;
+pub const OPEN_LOOP_MAX_OUTSTANDING: usize = 4096;
+/// The default of `Spec::timeout`: far above any echo a working server gives on one host, short
+/// enough that a stall ends the run soon.
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the oldest message of each connection is checked against its deadline (a scan of
+/// the connections, so not on every turn).
+const DEADLINE_CHECK: Duration = Duration::from_millis(50);
 
 /// What to run and against whom.
 #[derive(Clone, Debug)]
@@ -36,18 +49,57 @@ pub struct Spec {
     pub server_pid: Option<u32>,
     /// Keep one-second interval histograms (for an HDR log).
     pub intervals: bool,
+    /// Longest wait for a message's echo, from when it was sent (or, open loop, due).
+    pub timeout: Duration,
+}
+
+/// A connection as failures name it: its number in the run and both ends, so it can be found
+/// in a capture.
+pub fn conn_name(i: usize, stream: &TcpStream, addr: SocketAddr) -> String {
+    match stream.local_addr() {
+        Ok(local) => format!("connection {i} ({local} -> {addr})"),
+        Err(_) => format!("connection {i} (to {addr})"),
+    }
+}
+
+/// `64 bytes of 1 message`: what a connection still owed when it failed.
+pub fn owed(bytes: u64, msgs: u64) -> String {
+    let plural =
+        |n: u64, one: &str| format!("{} {one}{}", fmt_count(n), if n == 1 { "" } else { "s" });
+    format!(
+        "{} of {} never echoed",
+        plural(bytes, "byte"),
+        plural(msgs, "message")
+    )
+}
+
+/// An I/O error in words; a socket timeout is named as one rather than as `EAGAIN`.
+pub fn describe(e: &io::Error, limit: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timed out after {}", humantime::format_duration(limit))
+        }
+        _ => e.to_string(),
+    }
+}
+
+pub fn timed_out(limit: Duration) -> String {
+    format!(
+        "timed out: no echo within {}",
+        humantime::format_duration(limit)
+    )
 }
 
 /// The source address of connection `i`: spread over 127.0.0.1 ..= 127.0.0.N when the target is
 /// IPv4 loopback (each source has its own ephemeral port range); the system's choice otherwise,
 /// since no other destination is reachable from those addresses.
-fn source(i: usize, sources: u8, dst: SocketAddr) -> Option<IpAddr> {
+pub fn source(i: usize, sources: u8, dst: SocketAddr) -> Option<IpAddr> {
     let n = sources.max(1) as usize;
     let loopback_v4 = matches!(dst, SocketAddr::V4(a) if a.ip().is_loopback());
     (n > 1 && loopback_v4).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8)))
 }
 
-fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
+pub fn connect_all(spec: &Spec, deadline: Instant) -> io::Result<Vec<TcpStream>> {
     let mut out = Vec::with_capacity(spec.conns);
     for i in 0..spec.conns {
         if Instant::now() >= deadline {
@@ -80,6 +132,26 @@ struct Conn {
     alive: bool,
     /// Already in the list of connections with bytes to write.
     dirty: bool,
+}
+
+impl Conn {
+    fn owed(&self) -> String {
+        owed(self.target - self.rx, self.issued.len() as u64)
+    }
+}
+
+/// Why echoed bytes `got`, read at `conn.rx`, are wrong: the exact offset of the first wrong
+/// byte, or the bytes beyond what was sent.
+fn mismatch(pattern: &Pattern, conn: &Conn, got: &[u8]) -> String {
+    let sent = (conn.tx - conn.rx).min(got.len() as u64) as usize;
+    match pattern.first_mismatch(conn.base + conn.rx, &got[..sent]) {
+        Some(k) => format!("echoed a wrong byte at offset {}", conn.rx + k as u64),
+        None => format!(
+            "echoed {} bytes more than were sent, from offset {}",
+            got.len() - sent,
+            conn.tx
+        ),
+    }
 }
 
 struct Engine<'a> {
@@ -121,9 +193,9 @@ impl Engine<'_> {
             }
             match conn.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    let addr = self.addr;
+                    let (name, owed) = (conn_name(i, &conn.stream, self.addr), conn.owed());
                     Self::kill(conn, meter, || {
-                        format!("{addr} closed a connection with echoes outstanding")
+                        format!("{name}: closed by the server, {owed}")
                     });
                     return done;
                 }
@@ -131,10 +203,9 @@ impl Engine<'_> {
                     if conn.rx + n as u64 > conn.tx
                         || !self.pattern.matches(conn.base + conn.rx, &self.buf[..n])
                     {
-                        let (addr, at) = (self.addr, conn.rx);
-                        meter.mismatch(|| {
-                            format!("{addr} echoed wrong bytes at offset {at} of a connection")
-                        });
+                        let why = mismatch(self.pattern, conn, &self.buf[..n]);
+                        let name = conn_name(i, &conn.stream, self.addr);
+                        meter.mismatch(|| format!("{name}: {why}"));
                         conn.alive = false;
                         return done;
                     }
@@ -163,15 +234,47 @@ impl Engine<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return done,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let addr = self.addr;
-                    Self::kill(conn, meter, || format!("read from {addr}: {e}"));
+                    let name = conn_name(i, &conn.stream, self.addr);
+                    Self::kill(conn, meter, || format!("{name}: read: {e}"));
                     return done;
                 }
             }
         }
     }
 
-    /// Writes what is due until done or the socket is full (its writable edge resumes it).
+    /// Fails every connection whose oldest message has waited longer than `limit` for its echo.
+    fn expire(&mut self, now: Instant, limit: Duration, meter: &mut Meter) {
+        let (now_ns, limit_ns) = (self.ns(now), limit.as_nanos() as u64);
+        for (i, conn) in self.conns.iter_mut().enumerate() {
+            let late = conn
+                .issued
+                .front()
+                .is_some_and(|&t| now_ns.saturating_sub(t) > limit_ns);
+            if conn.alive && late {
+                let name = conn_name(i, &conn.stream, self.addr);
+                let owed = conn.owed();
+                Self::kill(conn, meter, || {
+                    format!("{name}: {}; {owed}", timed_out(limit))
+                });
+            }
+        }
+    }
+
+    /// At the end: every message not echoed is lost, and a connection still waiting (none should
+    /// be, after `expire`) fails.
+    fn account_lost(&mut self, meter: &mut Meter) {
+        for (i, conn) in self.conns.iter_mut().enumerate() {
+            if conn.issued.is_empty() {
+                continue;
+            }
+            meter.lost(conn.issued.len() as u64);
+            let name = conn_name(i, &conn.stream, self.addr);
+            let owed = conn.owed();
+            Self::kill(conn, meter, || format!("{name}: {owed} when the run ended"));
+        }
+    }
+
+    /// Writes what is due or the socket is full (its writable edge resumes it).
     fn flush(&mut self, i: usize, meter: &mut Meter) {
         let conn = &mut self.conns[i];
         while conn.alive && conn.tx < conn.target {
@@ -184,8 +287,8 @@ impl Engine<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let addr = self.addr;
-                    Self::kill(conn, meter, || format!("write to {addr}: {e}"));
+                    let name = conn_name(i, &conn.stream, self.addr);
+                    Self::kill(conn, meter, || format!("{name}: write: {e}"));
                 }
             }
         }
@@ -234,21 +337,40 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     }
     let measure_from = eng.start + spec.warmup;
     let end = measure_from + spec.duration;
+    // Past the end nothing new is sent; every echo still in flight is due by then.
+    let grace_end = end + spec.timeout;
+    let mut next_check = eng.start + DEADLINE_CHECK;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut dirty: Vec<usize> = Vec::with_capacity(eng.conns.len());
     let mut sent_open = 0u64;
     loop {
         let now = Instant::now();
-        if now >= end || eng.conns.iter().all(|c| !c.alive) {
+        let draining = now >= end;
+        if draining {
+            meter.stop(now);
+            eng.measuring = false;
+            let waiting = eng.conns.iter().any(|c| c.alive && !c.issued.is_empty());
+            if !waiting || now >= grace_end {
+                break;
+            }
+        }
+        if eng.conns.iter().all(|c| !c.alive) {
             break;
         }
-        if !eng.measuring && now >= measure_from {
+        if !eng.measuring && !draining && now >= measure_from {
             eng.measuring = true;
             meter.begin(now);
         }
         meter.tick(now);
-        let mut timeout = (end - now).min(Duration::from_millis(50));
-        if let Some(rate) = spec.rate {
+        if now >= next_check {
+            eng.expire(now, spec.timeout, &mut meter);
+            next_check = now + DEADLINE_CHECK;
+        }
+        let until = if draining { grace_end } else { end };
+        let mut timeout = (until - now)
+            .min(next_check.saturating_duration_since(now))
+            .min(Duration::from_millis(50));
+        if let (Some(rate), false) = (spec.rate, draining) {
             // Wake when the next message is due.
             let next = eng.start + Duration::from_secs_f64(sent_open as f64 / rate);
             timeout = timeout.min(next.saturating_duration_since(now));
@@ -257,15 +379,16 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
         for ev in &events[..n] {
             let i = ev.u64 as usize;
             let completed = eng.read(i, &mut meter);
-            if spec.rate.is_none() && completed > 0 {
+            if spec.rate.is_none() && completed > 0 && !draining {
                 let at = eng.ns(Instant::now());
                 Engine::issue(&mut eng.conns[i], at, completed, size);
             }
             eng.flush(i, &mut meter);
         }
-        if let Some(rate) = spec.rate {
+        if let (Some(rate), false) = (spec.rate, draining) {
             // Messages are due on a fixed schedule; latency counts from the scheduled time, so a
-            // slow server cannot hide its queueing delay.
+            // slow server cannot hide its queueing delay. A message that finds its connection
+            // full (or failed) is counted as not sent rather than skipped in silence.
             let elapsed = eng.start.elapsed().as_secs_f64();
             let due = (elapsed * rate) as u64;
             let nconns = eng.conns.len() as u64;
@@ -279,6 +402,8 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
                         conn.dirty = true;
                         dirty.push(i);
                     }
+                } else {
+                    meter.not_sent();
                 }
                 sent_open += 1;
             }
@@ -288,6 +413,8 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
             }
         }
     }
+    eng.expire(Instant::now(), spec.timeout, &mut meter);
+    eng.account_lost(&mut meter);
     let mut res = meter.finish(Instant::now());
     res.conns = spec.conns;
     res.depth = spec.depth;
@@ -295,161 +422,21 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     Ok(res)
 }
 
-/// Connect churn: connect, echo one message, close; repeated until the deadline.
-pub fn run_churn(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
-    let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
-    let start = Instant::now();
-    let measure_from = start + spec.warmup;
-    let end = measure_from + spec.duration;
-    let size = spec.size.clamp(1, MAX_SLICE);
-    let mut buf = vec![0; size];
-    let mut measuring = false;
-    let mut i = 0usize;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        if !measuring && now >= measure_from {
-            measuring = true;
-            meter.begin(now);
-        }
-        meter.tick(now);
-        let base = Pattern::base(i);
-        let src = source(i, spec.sources, spec.addr);
-        match churn_once(spec, pattern, base, src, &mut buf) {
-            Ok(true) => {
-                if measuring {
-                    meter.record(now.elapsed().as_nanos() as u64);
-                    meter.msgs += 1;
-                    meter.bytes += size as u64;
-                }
-            }
-            Ok(false) => meter.mismatch(|| format!("{} echoed wrong bytes", spec.addr)),
-            Err(e) => meter.error(|| e.to_string()),
-        }
-        i += 1;
-    }
-    let mut res = meter.finish(Instant::now());
-    res.conns = 1;
-    res.depth = 1;
-    res.size = size;
-    Ok(res)
-}
-
-/// One connection's life; `Ok(false)` when the echo was wrong. Errors name the address.
-fn churn_once(
-    spec: &Spec,
-    pattern: &Pattern,
-    base: u64,
-    src: Option<IpAddr>,
-    buf: &mut [u8],
-) -> io::Result<bool> {
-    let mut stream = sys::connect(spec.addr, src, CONNECT_TIMEOUT)?;
-    let echo = |stream: &mut TcpStream, buf: &mut [u8]| -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-        stream.write_all(pattern.slice(base, buf.len()))?;
-        stream.read_exact(buf)
-    };
-    echo(&mut stream, buf)
-        .map_err(|e| io::Error::new(e.kind(), format!("echo from {}: {e}", spec.addr)))?;
-    Ok(pattern.matches(base, buf))
-}
-
-/// Idle-hold: open `conns` connections, echo one message on each so the server has surely accepted
-/// them, then hold them and read the server's memory per connection.
-pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
-    let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
-    let rss_before = spec.server_pid.and_then(crate::procstat::rss_bytes);
-    let started = Instant::now();
-    meter.begin(started);
-    let deadline = started + SETUP_LIMIT;
-    let size = spec.size.clamp(1, MAX_SLICE);
-    let mut streams = connect_all(spec, deadline)?;
-    let epoll = Epoll::new()?;
-    let sent_at = Instant::now();
-    let mut done = vec![false; streams.len()];
-    for (i, s) in streams.iter_mut().enumerate() {
-        epoll.add(s.as_raw_fd(), i as u64, CONN_EVENTS)?;
-        // A fresh socket's send buffer takes one small message whole.
-        if s.write(pattern.slice(Pattern::base(i), size)).ok() != Some(size) {
-            meter.error(|| format!("write to {}: the first message did not fit", spec.addr));
-            done[i] = true;
-        }
-    }
-    let mut got = vec![0usize; streams.len()];
-    let mut buf = vec![0u8; size];
-    let mut left = done.iter().filter(|d| !**d).count();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    while left > 0 && Instant::now() < deadline {
-        meter.tick(Instant::now());
-        let n = epoll.wait(&mut events, Duration::from_millis(50))?;
-        for ev in &events[..n] {
-            let i = ev.u64 as usize;
-            if done[i] {
-                continue;
-            }
-            loop {
-                match streams[i].read(&mut buf[got[i]..]) {
-                    Ok(0) => {
-                        meter.error(|| format!("{} closed an idle connection", spec.addr));
-                        done[i] = true;
-                    }
-                    Ok(k) => {
-                        let off = Pattern::base(i) + got[i] as u64;
-                        if !pattern.matches(off, &buf[got[i]..got[i] + k]) {
-                            meter.mismatch(|| format!("{} echoed wrong bytes", spec.addr));
-                            done[i] = true;
-                        } else {
-                            got[i] += k;
-                            if got[i] == size {
-                                meter.msgs += 1;
-                                meter.bytes += size as u64;
-                                meter.record(sent_at.elapsed().as_nanos() as u64);
-                                done[i] = true;
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        meter.error(|| format!("read from {}: {e}", spec.addr));
-                        done[i] = true;
-                    }
-                }
-                if done[i] {
-                    left -= 1;
-                    break;
-                }
-            }
-        }
-    }
-    for _ in 0..left {
-        meter.error(|| format!("{} did not echo within {SETUP_LIMIT:?}", spec.addr));
-    }
-    // Hold them while the server settles, then read its memory.
-    std::thread::sleep(spec.duration);
-    let rss_after = spec.server_pid.and_then(crate::procstat::rss_bytes);
-    let mut res = meter.finish(Instant::now());
-    res.conns = spec.conns;
-    res.depth = 1;
-    res.size = size;
-    if let (Some(a), Some(b)) = (rss_before, rss_after) {
-        res.rss_per_conn = Some((b as f64 - a as f64) / spec.conns.max(1) as f64);
-    }
-    drop(streams);
-    Ok(res)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::churn::run_churn;
+    use crate::idle::run_idle;
     use std::net::TcpListener;
 
     /// A blocking echo server for `conns` connections; with `corrupt`, it flips the first byte.
     fn server(conns: usize, corrupt: bool) -> SocketAddr {
+        flipping(conns, corrupt.then_some(0))
+    }
+
+    /// A blocking echo server for `conns` connections that flips the byte at stream offset
+    /// `flip` of each, if given.
+    fn flipping(conns: usize, flip: Option<u64>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test listener");
         let addr = listener.local_addr().expect("local address");
         std::thread::spawn(move || {
@@ -459,15 +446,17 @@ mod tests {
                 };
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
-                    let mut first = corrupt;
+                    let mut at = 0u64;
                     while let Ok(n) = s.read(&mut buf) {
                         if n == 0 {
                             return;
                         }
-                        if first {
-                            buf[0] ^= 0x55;
-                            first = false;
+                        if let Some(k) = flip.and_then(|f| f.checked_sub(at)) {
+                            if let Some(b) = buf[..n].get_mut(k as usize) {
+                                *b ^= 0x55;
+                            }
                         }
+                        at += n as u64;
                         if s.write_all(&buf[..n]).is_err() {
                             return;
                         }
@@ -490,6 +479,7 @@ mod tests {
             sources: 1,
             server_pid: None,
             intervals: false,
+            timeout: ECHO_TIMEOUT,
         }
     }
 
@@ -514,9 +504,36 @@ mod tests {
         assert_eq!(r.mismatches, 3);
         let why = r.first_error.expect("the first mismatch is described");
         assert!(
-            why.contains("127.0.0.1:") && why.contains("wrong bytes"),
+            why.contains("127.0.0.1:") && why.contains("wrong byte at offset 0"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_mismatch_names_the_offset_of_the_wrong_byte() {
+        let p = Pattern::new(1);
+        let mut sp = spec(flipping(1, Some(100_000)), 1, Duration::from_secs(20));
+        sp.size = 32 * 1024;
+        let r = run_load(&sp, &p, "t").expect("load run");
+        assert_eq!(r.mismatches, 1);
+        let why = r.first_error.expect("the mismatch is described");
+        assert!(why.contains("wrong byte at offset 100000"), "{why}");
+    }
+
+    #[test]
+    fn churn_backs_off_from_a_refused_port() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        // Without a pause, loopback refuses thousands of connects in this time; the back-off
+        // (1 ms doubling to 100 ms) allows about ten, and a slower machine only fewer.
+        let r = run_churn(
+            &spec(addr, 1, Duration::from_millis(400)),
+            &Pattern::new(1),
+            "t",
+        )
+        .expect("churn");
+        assert!(r.errors > 0 && r.errors < 50, "{} connects", r.errors);
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! default, `--json` for one machine line, `--export-json`, `--latency`, `--hdr-log`.
 
 mod args;
+mod churn;
 mod compare;
 // The server's own duration syntax, from its one file.
 #[path = "../../src/cmd/duration.rs"]
 mod duration;
+mod idle;
 mod load;
 mod pattern;
 mod plot;
@@ -39,8 +41,9 @@ use target::{parse_target, Target};
 /// Shown under every command's `--help`.
 const EXIT_STATUS: &str = "\
 Exit status:
-  0  every echoed byte matched and no connection failed
-  1  a mismatch, a connection error, no message echoed, or a file that could not be written
+  0  every message was echoed within --timeout, every byte matched, no connection failed
+  1  a mismatch, a message never echoed, a connection error, no message echoed at all, or a
+     file that could not be written
   2  bad usage: an unknown flag or a value out of range";
 
 #[derive(Parser)]
@@ -83,7 +86,7 @@ enum Command {
     Plot(plot::Options),
 }
 
-/// Where to connect, and from where.
+/// Where to connect, from where, and how long an echo may take.
 #[derive(Args)]
 struct TargetArgs {
     /// Server as HOST:PORT: localhost:8080, 127.0.0.1:8080 or [::1]:8080.
@@ -99,6 +102,13 @@ struct TargetArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=254))]
     sources: u8,
+    /// Longest wait for a message's echo: a stall is an error, not a slow figure.
+    ///
+    /// Counted from when the message was sent (open loop: when it was due). At the end of the
+    /// run nothing new is sent and the echoes in flight get until their own deadline; a message
+    /// never echoed fails the run.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    timeout: Duration,
 }
 
 /// The measured phase and the warm-up before it.
@@ -242,11 +252,12 @@ fn run_job(job: &Job, pattern: &Pattern) -> Result<bool, String> {
         sources: job.target.sources,
         server_pid: out.server_pid,
         intervals: out.hdr_log.is_some(),
+        timeout: job.target.timeout,
     };
     let result = match job.kind {
         "ping" | "stream" => load::run_load(&spec, pattern, job.kind),
-        "churn" => load::run_churn(&spec, pattern, job.kind),
-        _ => load::run_idle(&spec, pattern, job.kind),
+        "churn" => churn::run_churn(&spec, pattern, job.kind),
+        _ => idle::run_idle(&spec, pattern, job.kind),
     }
     .map_err(|e| e.to_string())?;
     let info = RunInfo {
@@ -291,13 +302,11 @@ fn run_job(job: &Job, pattern: &Pattern) -> Result<bool, String> {
             report::write_hdr_log(w, &info, &result).and_then(|()| w.flush()),
         )?;
     }
+    if result.not_sent > 0 {
+        eprintln!("echo-bench: {}", report::not_sent(&result));
+    }
     if !result.clean() {
-        eprintln!(
-            "echo-bench: {} mismatches, {} connection errors; first: {}",
-            result.mismatches,
-            result.errors,
-            result.first_error.as_deref().unwrap_or("-")
-        );
+        eprintln!("echo-bench: {}", report::failures(&result));
         return Ok(false);
     }
     if result.msgs == 0 {

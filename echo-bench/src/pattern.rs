@@ -45,6 +45,16 @@ impl Pattern {
             .enumerate()
             .all(|(i, c)| c == self.slice(off + (i * MAX_SLICE) as u64, c.len()))
     }
+
+    /// Index in `got` of the first byte that differs from the stream at offset `off`; for
+    /// reporting, after `matches` said no.
+    pub fn first_mismatch(&self, off: u64, got: &[u8]) -> Option<usize> {
+        got.chunks(MAX_SLICE).enumerate().find_map(|(i, c)| {
+            let want = self.slice(off + (i * MAX_SLICE) as u64, c.len());
+            let at = c.iter().zip(want).position(|(a, b)| a != b)?;
+            Some(i * MAX_SLICE + at)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +77,18 @@ mod tests {
         let mut bad = sent.clone();
         bad[10] ^= 1;
         assert!(!p.matches(100, &bad));
+        assert_eq!(p.first_mismatch(100, &bad), Some(10));
+        assert_eq!(p.first_mismatch(100, &sent), None);
+    }
+
+    #[test]
+    fn the_first_mismatch_is_found_past_the_first_slice() {
+        let p = Pattern::new(7);
+        let mut long = Vec::new();
+        for k in 0..3 {
+            long.extend_from_slice(p.slice(5 + (k * MAX_SLICE) as u64, MAX_SLICE));
+        }
+        long[MAX_SLICE + 1234] ^= 0x80;
+        assert_eq!(p.first_mismatch(5, &long), Some(MAX_SLICE + 1234));
     }
 }

@@ -203,14 +203,12 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     let errors = if r.clean() {
         "0".to_string()
     } else {
-        format!(
-            "{} connection errors, {} mismatches; first: {}",
-            fmt_count(r.errors),
-            fmt_count(r.mismatches),
-            r.first_error.as_deref().unwrap_or("-")
-        )
+        failures(r)
     };
     line("errors", errors);
+    if r.not_sent > 0 {
+        line("not sent", not_sent(r));
+    }
     let mut server = Vec::new();
     if let Some(cpu) = r.server_cpu_ns_per_msg {
         server.push(format!("{} CPU per message", fmt_ns(cpu)));
@@ -228,6 +226,26 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
         line("client", format!("{} CPU per message", fmt_ns(cpu)));
     }
     out
+}
+
+/// What failed, counted, and the first failure in words.
+pub fn failures(r: &RunResult) -> String {
+    format!(
+        "{} connection errors, {} mismatches, {} messages never echoed; first: {}",
+        fmt_count(r.errors),
+        fmt_count(r.mismatches),
+        fmt_count(r.lost),
+        r.first_error.as_deref().unwrap_or("-")
+    )
+}
+
+/// The open loop's warning that some of its schedule was not kept.
+pub fn not_sent(r: &RunResult) -> String {
+    format!(
+        "WARNING: {} scheduled messages were not sent: their connection had {} outstanding or had failed",
+        fmt_count(r.not_sent),
+        fmt_count(crate::load::OPEN_LOOP_MAX_OUTSTANDING as u64)
+    )
 }
 
 /// The latency at each of [`PERCENTILES`], in nanoseconds.
@@ -411,13 +429,19 @@ mod tests {
         let r = RunResult {
             errors: 2,
             mismatches: 1,
+            lost: 3,
+            not_sent: 1234,
             first_error: Some("connect to 127.0.0.1:8080: Connection refused".into()),
             ..result()
         };
         let text = summary(&info("stream"), &r);
         assert!(text.contains(
-            "  errors       2 connection errors, 1 mismatches; first: connect to 127.0.0.1:8080: Connection refused"
+            "  errors       2 connection errors, 1 mismatches, 3 messages never echoed; first: connect to 127.0.0.1:8080: Connection refused"
         ), "{text}");
+        assert!(
+            text.contains("  not sent     WARNING: 1,234 scheduled messages were not sent"),
+            "{text}"
+        );
         assert!(
             text.contains("10,000 msgs/s scheduled over 50 connections"),
             "{text}"

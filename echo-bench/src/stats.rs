@@ -45,6 +45,11 @@ pub struct RunResult {
     pub max_us: f64,
     pub errors: u64,
     pub mismatches: u64,
+    /// Messages sent but never echoed (their connection failed, stalled, or the run ended first).
+    pub lost: u64,
+    /// Open loop: messages that fell due but were not sent, their connection having too many
+    /// outstanding; a warning that the server could not keep up with the rate.
+    pub not_sent: u64,
     /// What went wrong first (a connection error or a mismatch), naming the address.
     pub first_error: Option<String>,
     pub server_cpu_ns_per_msg: Option<f64>,
@@ -69,9 +74,9 @@ impl RunResult {
         self.bytes as f64 / self.secs.max(1e-9) / 1e6
     }
 
-    /// Whether every echoed byte was right and no connection failed.
+    /// Whether every message sent came back, every echoed byte was right and no connection failed.
     pub fn clean(&self) -> bool {
-        self.errors == 0 && self.mismatches == 0
+        self.errors == 0 && self.mismatches == 0 && self.lost == 0
     }
 
     /// The run's figures as one JSON object, with `extra` fields added (kind, target, set-up...).
@@ -94,6 +99,8 @@ impl RunResult {
             "max_us": self.max_us,
             "errors": self.errors,
             "mismatches": self.mismatches,
+            "lost": self.lost,
+            "not_sent": self.not_sent,
             "first_error": self.first_error,
             "server_cpu_ns_per_msg": self.server_cpu_ns_per_msg,
             "client_cpu_ns_per_msg": self.client_cpu_ns_per_msg,
@@ -131,10 +138,14 @@ pub struct Meter {
     pub bytes: u64,
     errors: u64,
     mismatches: u64,
+    lost: u64,
+    not_sent: u64,
     first_error: Option<String>,
     server_pid: Option<u32>,
-    /// False during connecting and warm-up.
+    /// False during connecting and warm-up, and after `stop`.
     measuring: bool,
+    /// When the measured phase ended and both CPU readings then, once `stop` was called.
+    stopped: Option<(Instant, Option<u64>, Option<u64>)>,
     created: Instant,
     began: Instant,
     began_at: Option<SystemTime>,
@@ -158,9 +169,12 @@ impl Meter {
             bytes: 0,
             errors: 0,
             mismatches: 0,
+            lost: 0,
+            not_sent: 0,
             first_error: None,
             server_pid,
             measuring: false,
+            stopped: None,
             created: now,
             began: now,
             began_at: None,
@@ -221,6 +235,31 @@ impl Meter {
         }
     }
 
+    /// `msgs` messages were sent and never echoed; the caller reports why through `error`.
+    pub fn lost(&mut self, msgs: u64) {
+        self.lost += msgs;
+    }
+
+    /// An open-loop message fell due on a connection that had too many outstanding.
+    pub fn not_sent(&mut self) {
+        self.not_sent += 1;
+    }
+
+    /// Ends the measured phase: figures and CPU are read now, while the run goes on to wait for
+    /// the echoes still in flight (which are checked but not counted).
+    pub fn stop(&mut self, now: Instant) {
+        if !self.measuring {
+            return;
+        }
+        self.close_interval(now);
+        self.measuring = false;
+        self.stopped = Some((
+            now,
+            self.server_pid.and_then(procstat::cpu_ns),
+            procstat::cpu_ns(std::process::id()),
+        ));
+    }
+
     pub fn sample_rss(&mut self) {
         if let Some(rss) = self.server_pid.and_then(procstat::rss_bytes) {
             self.rss_peak = Some(self.rss_peak.map_or(rss, |p| p.max(rss)));
@@ -275,6 +314,12 @@ impl Meter {
     /// The live line: rates once measuring, and only the time spent before that (no rate is
     /// counted during warm-up, so none is shown).
     pub fn progress_line(&self, now: Instant) -> String {
+        if self.stopped.is_some() {
+            return format!(
+                "{:<28} waiting for echoes in flight  errors {} mismatches {}",
+                self.label, self.errors, self.mismatches
+            );
+        }
         if !self.measuring {
             let secs = now.duration_since(self.created).as_secs_f64();
             return format!(
@@ -299,9 +344,7 @@ impl Meter {
         if self.progress {
             eprint!("\r{:100}\r", "");
         }
-        if self.measuring {
-            self.close_interval(now);
-        }
+        self.stop(now);
         let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
         let per_msg = |begin: Option<u64>, end: Option<u64>| match (begin, end) {
             (Some(a), Some(b)) if self.msgs > 0 => {
@@ -309,18 +352,17 @@ impl Meter {
             }
             _ => None,
         };
-        let cpu = per_msg(
-            self.cpu_at_begin,
-            self.server_pid.and_then(procstat::cpu_ns),
-        );
-        let own_cpu = per_msg(self.own_cpu_at_begin, procstat::cpu_ns(std::process::id()));
+        let (secs, cpu, own_cpu) = match self.stopped {
+            Some((ended, server, own)) => (
+                ended.duration_since(self.began).as_secs_f64(),
+                per_msg(self.cpu_at_begin, server),
+                per_msg(self.own_cpu_at_begin, own),
+            ),
+            None => (0.0, None, None),
+        };
         RunResult {
             scenario: self.label.clone(),
-            secs: if self.measuring {
-                now.duration_since(self.began).as_secs_f64()
-            } else {
-                0.0
-            },
+            secs,
             msgs: self.msgs,
             bytes: self.bytes,
             mean_us: self.hist.mean() / 1000.0,
@@ -331,6 +373,8 @@ impl Meter {
             max_us: self.hist.max() as f64 / 1000.0,
             errors: self.errors,
             mismatches: self.mismatches,
+            lost: self.lost,
+            not_sent: self.not_sent,
             first_error: self.first_error.clone(),
             server_cpu_ns_per_msg: cpu,
             client_cpu_ns_per_msg: own_cpu,

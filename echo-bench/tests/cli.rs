@@ -129,6 +129,8 @@ fn check_run_fields(run: &Value, kind: &str) {
     assert_eq!(run["kind"], kind, "{run}");
     assert_eq!(run["errors"], 0, "{run}");
     assert_eq!(run["mismatches"], 0, "{run}");
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["not_sent"], 0, "{run}");
     assert!(run["first_error"].is_null(), "{run}");
     assert!(run["msgs"].as_u64().is_some_and(|n| n > 0), "{run}");
     assert!(run["bytes"].as_u64().is_some_and(|n| n > 0), "{run}");

@@ -1,12 +1,13 @@
 //! The command line: every flag with its help, the duration syntax shared with echo-bench, and the
 //! turning of flags into the library's `Config`.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use epoll_echo::{Config, MAX_TIMEOUT};
 
+use super::address::{parse_bind, parse_socket};
 use super::duration::parse_duration;
 
 /// What `--help` ends with: how to stop the server and what its exit status means.
@@ -19,7 +20,8 @@ Signals:
 
 Exit status:
   0    stopped gracefully
-  1    could not start (the address is taken or not local, no permission, ...)
+  1    could not start (the address is taken or not local, no permission, ...), or could not
+       write the man page or completions
   2    bad usage: an unknown flag or a value out of range
   3    a worker failed (the others were stopped gracefully); the log says which and why
   128+N  a second signal N ended the process at once";
@@ -39,9 +41,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_listeners: Option<u32>,
 
-    /// Address to listen on [default: :: serving IPv4 and IPv6, or 0.0.0.0 without IPv6]
-    #[arg(long, value_name = "ADDR")]
-    pub bind: Option<IpAddr>,
+    /// Address to listen on, fe80::1%eth0 for a link-local one [default: :: serving IPv4 and
+    /// IPv6, or 0.0.0.0 without IPv6]
+    #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
+    pub bind: Option<(IpAddr, u32)>,
 
     /// Cap on one connection's unsent echo, in bytes; at the cap the connection is not read
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
@@ -68,11 +71,11 @@ pub struct Cli {
 
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0 picks one)
     /// [default: off]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket)]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Print completions for SHELL (bash, zsh, fish) to stdout and exit
-    #[arg(long, value_name = "SHELL", hide = true)]
+    #[arg(long, value_name = "SHELL", hide = true, value_parser = shells())]
     pub completions: Option<clap_complete::Shell>,
 
     /// Print the man page (roff) to stdout and exit
@@ -80,9 +83,32 @@ pub struct Cli {
     pub man: bool,
 }
 
-/// A duration no longer than the library's bound on timeouts.
+/// The shells completions are made for; clap_complete's others are not offered.
+fn shells() -> impl clap::builder::TypedValueParser<Value = clap_complete::Shell> {
+    use clap::builder::TypedValueParser;
+    use clap_complete::Shell;
+    clap::builder::PossibleValuesParser::new(["bash", "zsh", "fish"]).map(|s| match s.as_str() {
+        "zsh" => Shell::Zsh,
+        "fish" => Shell::Fish,
+        _ => Shell::Bash,
+    })
+}
+
+/// The shortest timeout the server's timers tell apart from zero (they wait in milliseconds).
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// A duration no longer than the library's bound on timeouts, and either zero or at least the
+/// timers' resolution (`1e-10` must not silently mean "off").
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
+    let zero = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if d < TIMER_RESOLUTION && !zero.parse::<f64>().is_ok_and(|z| z == 0.0) {
+        return Err(format!(
+            "'{text}' is shorter than the timers' resolution, 1ms (0 means never)"
+        ));
+    }
     if d > MAX_TIMEOUT {
         return Err(format!(
             "'{text}' is longer than the longest timeout, 7 days"
@@ -92,29 +118,38 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    /// Writes the completions or the man page when asked; true if it did (then nothing is served).
-    /// They are written straight to stdout: this is a one-shot tool run, not the server.
-    pub fn generate(&self) -> bool {
-        let mut out = std::io::stdout();
-        if let Some(shell) = self.completions {
-            clap_complete::generate(shell, &mut command(), "epoll-echo", &mut out);
-            return true;
-        }
-        if self.man {
-            // A full stdout or a closed pipe only loses the page.
-            let _ = render_man(&mut out);
-            return true;
-        }
-        false
+    /// Writes the completions or the man page when asked (then nothing is served): `None` when
+    /// not asked, else whether it was written, or the one line saying why not. They go straight
+    /// to stdout: this is a one-shot tool run, not the server.
+    pub fn generate(&self) -> Option<Result<(), String>> {
+        let (what, text) = if let Some(shell) = self.completions {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut completed(), "epoll-echo", &mut text);
+            ("the completions", text)
+        } else if self.man {
+            let mut text = Vec::new();
+            // Writing into memory cannot fail.
+            let _ = render_man(&mut text);
+            ("the man page", text)
+        } else {
+            return None;
+        };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let written = out.write_all(&text).and_then(|()| out.flush());
+        Some(written.map_err(|e| format!("cannot write {what} to stdout: {e}")))
     }
 
     /// The library's configuration for these flags.
     pub fn config(&self) -> Config {
         let mut config = Config {
-            addr: SocketAddr::new(
-                self.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-                self.port,
-            ),
+            addr: match self.bind {
+                Some((IpAddr::V6(ip), scope)) => {
+                    SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
+                }
+                Some((ip, _)) => SocketAddr::new(ip, self.port),
+                None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
+            },
             max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
             drain_timeout: self.drain_timeout,
             max_conns: self
@@ -147,7 +182,19 @@ fn planted_failure() -> Option<(usize, u64)> {
 /// The man page: clap's sections, with the signals and exit status as sections of their own
 /// (clap would fill them into one paragraph), and a short NAME line for `whatis` and `apropos`.
 fn render_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let cmd = command();
+    // clap_mangen leaves visible aliases out; say them as --help does.
+    let cmd = command().mut_args(|arg| {
+        let aliases: Vec<String> = arg
+            .get_visible_aliases()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| format!("--{a}"))
+            .collect();
+        match (aliases.is_empty(), arg.get_help().map(|h| h.to_string())) {
+            (false, Some(help)) => arg.help(format!("{help} [aliases: {}]", aliases.join(", "))),
+            _ => arg,
+        }
+    });
     let description = cmd.get_about().map(|a| format!("{a}.")).unwrap_or_default();
     let cmd = cmd
         .about("a Linux TCP echo server (RFC 862)")
@@ -193,6 +240,19 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
+/// The command as completions offer it: without the hidden flags that generate these files.
+fn completed() -> clap::Command {
+    let full = command();
+    let visible: Vec<clap::Arg> = full
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("epoll-echo")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(visible)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +265,14 @@ mod tests {
             parse_timeout("1e19").is_err(),
             "overflowed the core's clock before"
         );
+        for below in ["1e-10", "500us", "0.0005", "1ns"] {
+            let err = parse_timeout(below).expect_err(below);
+            assert!(err.contains("resolution"), "{err}");
+        }
+        for zero in ["0", "0s", "0.0", "0ms"] {
+            assert_eq!(parse_timeout(zero), Ok(Duration::ZERO), "{zero}");
+        }
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]
@@ -214,6 +282,8 @@ mod tests {
         assert_eq!(addr, "[::]:8080".parse().expect("address"));
         let cli = Cli::parse_from(["epoll-echo", "--bind", "127.0.0.1", "--port", "9"]);
         assert_eq!(cli.config().addr, "127.0.0.1:9".parse().expect("address"));
+        let cli = Cli::parse_from(["epoll-echo", "--bind", "fe80::1%7", "--port", "9"]);
+        assert_eq!(cli.config().addr, "[fe80::1%7]:9".parse().expect("address"));
     }
 
     #[test]
@@ -230,5 +300,27 @@ mod tests {
     #[test]
     fn the_command_is_well_formed() {
         command().debug_assert();
+        completed().debug_assert();
+    }
+
+    #[test]
+    fn completions_offer_no_hidden_flag_and_the_man_page_shows_aliases() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut completed(), "epoll-echo", &mut text);
+            let text = String::from_utf8_lossy(&text);
+            for hidden in ["--completions", "--man", "elvish", "powershell"] {
+                assert!(!text.contains(hidden), "{shell:?} offers {hidden}");
+            }
+            assert!(text.contains("max-listeners"), "{shell:?}");
+        }
+        let mut man = Vec::new();
+        render_man(&mut man).expect("render into memory");
+        let man = String::from_utf8_lossy(&man);
+        assert!(man.contains("[aliases: \\-\\-max\\-listeners]"), "{man}");
     }
 }

@@ -1,8 +1,11 @@
-//! The binary's parts besides `main`: its flags, its non-blocking output, its signals, its metrics
-//! endpoint and its notifications to a service manager. The library knows none of them.
+//! The binary's parts besides `main`: its flags and addresses, its non-blocking output, its signals, its metrics
+//! endpoint, its advice on a taken port and its notifications to a service manager. The library
+//! knows none of them.
 
+pub mod address;
 pub mod duration;
 pub mod flags;
+pub mod in_use;
 pub mod metrics;
 pub mod notify;
 pub mod output;

@@ -2,16 +2,21 @@
 //! queue to a writer thread of its own, and a line that finds the queue full is dropped and
 //! counted. A stdout or stderr that is a full pipe, a closed descriptor or `/dev/full` can delay
 //! or lose lines, never a stop or an echo. The logger (levels, timestamps, `RUST_LOG`) writes
-//! through the stderr queue.
+//! through the stderr queue; an error passes whatever `RUST_LOG` says (a typo in it must not hide
+//! why the server did not start).
+//!
+//! The queue counts entries, not lines: a block the server writes at once (the counters printed
+//! on SIGUSR1, one line per worker) is one entry, so a burst of signals fills it no faster with
+//! many workers than with one.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Lines a stream may hold before it drops new ones.
+/// Entries (lines or blocks) a stream may hold before it drops new ones.
 const QUEUE: usize = 1024;
 
 /// One output stream's queue; cloning shares it.
@@ -48,9 +53,16 @@ impl Stream {
 
     /// Queues one line (a newline is added); drops it when the queue is full.
     pub fn line(&self, text: &str) {
-        let mut bytes = Vec::with_capacity(text.len() + 1);
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.push(b'\n');
+        self.block(&[text]);
+    }
+
+    /// Queues lines as one entry, written together or dropped together.
+    pub fn block(&self, lines: &[impl AsRef<str>]) {
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.as_ref().len() + 1).sum());
+        for line in lines {
+            bytes.extend_from_slice(line.as_ref().as_bytes());
+            bytes.push(b'\n');
+        }
         self.queue(bytes);
     }
 
@@ -58,14 +70,15 @@ impl Stream {
         self.pending.fetch_add(1, SeqCst);
         match self.lines.try_send(bytes) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 self.pending.fetch_sub(1, SeqCst);
-                self.dropped.fetch_add(1, SeqCst);
+                let lines = b.iter().filter(|&&c| c == b'\n').count().max(1);
+                self.dropped.fetch_add(lines as u64, SeqCst);
             }
         }
     }
 
-    /// Lines dropped so far because the stream was full.
+    /// Lines dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(SeqCst)
     }
@@ -109,20 +122,23 @@ impl Output {
             stdout: Stream::spawn("stdout", io::stdout()),
             stderr: Stream::spawn("stderr", io::stderr()),
         };
-        let logger =
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .format(|buf, record| {
-                    writeln!(
-                        buf,
-                        "{} {:<5} epoll-echo: {}",
-                        buf.timestamp_millis(),
-                        record.level(),
-                        record.args()
-                    )
-                })
+        let build = |mut builder: env_logger::Builder| {
+            builder
+                .format(|buf, record| writeln!(buf, "{}", log_line(record.level(), record.args())))
                 .target(env_logger::Target::Pipe(Box::new(output.stderr.clone())))
-                .build();
-        let max = logger.filter();
+                .build()
+        };
+        let chosen = build(env_logger::Builder::from_env(
+            env_logger::Env::default().default_filter_or("info"),
+        ));
+        let mut errors = env_logger::Builder::new();
+        errors.filter_level(log::LevelFilter::Error);
+        let logger = Logger {
+            max: chosen.filter().max(log::LevelFilter::Error),
+            chosen,
+            errors: build(errors),
+        };
+        let max = logger.max;
         if log::set_boxed_logger(Box::new(logger)).is_ok() {
             log::set_max_level(max);
         }
@@ -137,6 +153,35 @@ impl Output {
         self.stdout.drain_until(deadline);
         self.stderr.drain_until(deadline);
     }
+}
+
+/// One log line as the logger writes it: `2024-05-01T12:00:00.123Z INFO  epoll-echo: ...`.
+pub fn log_line(level: log::Level, message: &dyn std::fmt::Display) -> String {
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
+    format!("{now} {level:<5} epoll-echo: {message}")
+}
+
+/// The operator's filter, and past it every error.
+struct Logger {
+    chosen: env_logger::Logger,
+    errors: env_logger::Logger,
+    max: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.chosen.enabled(metadata) || self.errors.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.chosen.matches(record) {
+            self.chosen.log(record);
+        } else {
+            self.errors.log(record);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 #[cfg(test)]
