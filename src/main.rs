@@ -77,6 +77,10 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     // Scripts read stdout; the log keeps it too, in case stdout goes nowhere.
     output.stdout.line(&format!("epoll-echo: {listening}"));
     log::info!("{listening}");
+    let restart_warning = cli.reuse_port.then(cmd::migration::warning).flatten();
+    if let Some(warning) = &restart_warning {
+        log::warn!("{warning}");
+    }
     notify::ready(&listening);
     let stats = server.live_stats();
     let code = match wait_for_stop(&mut signals, &server, &stats, output) {
@@ -98,6 +102,10 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     let _ = thread::Builder::new()
         .name("epoll-echo-signals".into())
         .spawn(move || watch_during_stop(signals, &stats, &finishing));
+    // The old instance of an overlapping restart: say it again where its stop is logged.
+    if let Some(warning) = &restart_warning {
+        log::warn!("{warning}");
+    }
     notify::stopping("stopping: flushing to the clients");
     let report = server.stop();
     // Scrapes go on during the drain; the endpoint closes once every worker has joined.

@@ -1,5 +1,5 @@
 //! The binary's parts besides `main`: its flags and addresses, its non-blocking output, its signals, its metrics
-//! endpoint, its advice on a taken port and its notifications to a service manager. The library
+//! endpoint, its advice on a taken port and on overlapping restarts, and its notifications to a service manager. The library
 //! knows none of them.
 
 pub mod address;
@@ -7,6 +7,7 @@ pub mod duration;
 pub mod flags;
 pub mod in_use;
 pub mod metrics;
+pub mod migration;
 pub mod notify;
 pub mod output;
 pub mod signals;
