@@ -1,7 +1,7 @@
 //! An overlapping restart, in a private network namespace so the test can set the kernel's
 //! `net.ipv4.tcp_migrate_req` without touching the host: a new instance shares the port
-//! (`--reuse-port`), the old one is frozen with clients queued on its listener, then stopped with
-//! no drain. With the setting off Linux resets what the old listener held; with it on the kernel
+//! (`--reuse-port`), the old one holds clients queued on its listener (it is out of descriptors,
+//! so it cannot accept them), then stops with no drain. With the setting off Linux resets what the old listener held; with it on the kernel
 //! hands those connections to the new instance and every request is served.
 //!
 //! Needs root (a network namespace and a sysctl); it says so when it skips. CI runs it as root.
@@ -10,32 +10,46 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::Process;
+use common::process::{on_loopback, Process};
 use common::serial;
+use epoll_echo::Counter;
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::Signal;
 
 /// Clients per run: with two listeners sharing the port, the chance that none lands on the old
 /// one is 2^-32.
 const CLIENTS: usize = 32;
 
-/// How many of `CLIENTS` requests an old instance, frozen with them queued and then stopped with no
-/// drain while a new instance shares its port, leaves unanswered (reset or closed unechoed).
+/// An old instance that cannot accept: under the lowest descriptor limit it starts with, every
+/// accept fails with `EMFILE`, so the clients stay queued on its listener.
+fn an_old_instance_that_cannot_accept() -> (Process, SocketAddr) {
+    let args = on_loopback(&["--maxListeners", "1", "--drain-timeout", "0s"]);
+    for nofile in 4..64 {
+        let old = Process::spawn_with(&args, Stdio::piped(), Stdio::piped(), Some(nofile));
+        if let Some((addr, _)) = old.try_listening() {
+            return (old, addr);
+        }
+        old.exit();
+    }
+    panic!("the server never started under 64 descriptors");
+}
+
+/// How many of `CLIENTS` requests an old instance leaves unanswered (reset, or closed without the
+/// echo) when it stops with no drain while they wait on its listener and a new instance shares
+/// its port.
 fn failed_requests(migrate: bool) -> usize {
     std::fs::write(
         "/proc/sys/net/ipv4/tcp_migrate_req",
         if migrate { "1" } else { "0" },
     )
     .expect("set net.ipv4.tcp_migrate_req in the namespace");
-    let (old, addr) = Process::start(&["--maxListeners", "1", "--drain-timeout", "0s"]);
+    let (old, addr) = an_old_instance_that_cannot_accept();
     let port = addr.port().to_string();
     let new_args = ["--bind", "127.0.0.1", "--port", &port, "--reuse-port"];
     let new = Process::spawn(&new_args);
     new.listening();
-    old.signal(Signal::SIGSTOP);
     let request = |i: usize| format!("request {i}\n").into_bytes();
     let clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|i| {
@@ -46,9 +60,12 @@ fn failed_requests(migrate: bool) -> usize {
             s
         })
         .collect();
-    old.signal(Signal::SIGTERM);
-    old.signal(Signal::SIGCONT);
-    old.exit();
+    let old_exit = old.terminate();
+    assert_eq!(
+        old_exit.report()[Counter::Accepted],
+        0,
+        "the old instance accepted"
+    );
     let failed = clients
         .into_iter()
         .enumerate()

@@ -319,7 +319,7 @@ fn clients_queued_while_the_server_is_stopped_are_served_not_reset() {
     const CLIENTS: usize = 300;
     let _serial = serial();
     let (server, addr) = Process::start(&["--maxListeners", "1"]);
-    server.signal(Signal::SIGSTOP);
+    server.freeze();
     // The kernel completes their handshakes and queues their requests; the frozen server accepts
     // and reads nothing.
     let request = |i: usize| format!("request {i}\n").into_bytes();

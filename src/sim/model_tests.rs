@@ -75,6 +75,9 @@ struct Case {
     cooperate: bool,
     /// Whether clients finish before the stop in the final phase.
     finish_before_stop: bool,
+    /// Whether clients read their echo after the stop (else their windows may stay full: an echo
+    /// that filled one exactly leaves our FIN waiting, delivered all the same).
+    read_after_stop: bool,
     ops: Vec<Op>,
 }
 
@@ -100,7 +103,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         (1..=16usize, 1..=16usize, 1..=3u32, 1..=3u32),
         (
-            0..=60u64,
+            0..=300u64,
             1..=24usize,
             any::<bool>(),
             any::<bool>(),
@@ -108,6 +111,7 @@ fn case() -> impl Strategy<Value = Case> {
         ),
         proptest::collection::vec(op(), 0..120),
         proptest::option::of(any::<prop::sample::Index>()),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -115,6 +119,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (drain_ms, window, coop, fbs, peer_window),
                 mut ops,
                 stop,
+                read_after_stop,
             )| {
                 // The stop comes at a chosen step, or only in the final phase.
                 if let Some(at) = stop {
@@ -130,6 +135,7 @@ fn case() -> impl Strategy<Value = Case> {
                     peer_window,
                     cooperate: coop,
                     finish_before_stop: fbs,
+                    read_after_stop,
                     ops,
                 }
             },
@@ -185,6 +191,7 @@ struct Model {
     window: usize,
     peer_window: usize,
     cooperate: bool,
+    read_after_stop: bool,
     /// Each client's link; `None` when it was refused (the listener had closed).
     clients: Vec<Option<usize>>,
     violations: Vec<(Prop, String)>,
@@ -211,6 +218,7 @@ impl Model {
             peer_window: case.peer_window,
             worker: stepped(setup, settings),
             cooperate: case.cooperate,
+            read_after_stop: case.read_after_stop,
             clients: Vec::new(),
             violations: Vec::new(),
         }
@@ -418,15 +426,19 @@ impl Model {
     }
 
     /// Runs turns without faults until nothing is left to do, letting time run up to `until`.
-    /// Clients read everything echoed; cooperating clients answer the server's FIN with theirs.
+    /// Clients read everything echoed (after the stop only if the case says so); cooperating
+    /// clients answer the server's FIN with theirs.
     fn settle(&mut self, until: Option<u64>) {
         self.k().choices.faults = Faults::none();
         for _ in 0..MAX_SETTLE_ROUNDS {
             if self.worker.core().is_finished() {
                 return;
             }
+            let reading = self.read_after_stop || self.kernel().stop_at().is_none();
             for link in self.clients.clone().into_iter().flatten() {
-                self.drain(link);
+                if reading {
+                    self.drain(link);
+                }
                 if self.cooperate && self.kernel().links[link].write_shut {
                     self.finish(link);
                 }
@@ -449,8 +461,11 @@ impl Model {
     /// Nothing known to be waiting is left waiting after a settle.
     fn check_nothing_forgotten(&mut self) {
         let mut found = Vec::new();
+        let peers_read = self.read_after_stop || self.kernel().stop_at().is_none();
         for (i, l) in self.kernel().links.iter().enumerate() {
-            if !l.is_open() {
+            // A peer that does not read holds its connection up once the send buffer is full:
+            // waiting for it is not forgetting it.
+            if !l.is_open() || (!peers_read && l.down.room() == 0) {
                 continue;
             }
             if l.up.queued() > 0 {

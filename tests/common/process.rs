@@ -117,6 +117,13 @@ impl Process {
         (server, addr)
     }
 
+    /// The address and worker count from the start-up line, or `None` when the server exits
+    /// without one (a start-up error).
+    pub fn try_listening(&self) -> Option<(SocketAddr, usize)> {
+        let line = self.stdout.recv_timeout(PATIENCE).ok()?;
+        Some(parse_listening(&line))
+    }
+
     /// The address and worker count from the start-up line on stdout.
     pub fn listening(&self) -> (SocketAddr, usize) {
         let line = self
@@ -144,6 +151,34 @@ impl Process {
                 return;
             }
             assert!(Instant::now() < deadline, "{signal} was never blocked");
+            thread::yield_now();
+        }
+    }
+
+    /// Stops the process (`SIGSTOP`) and waits until every one of its threads is stopped, so
+    /// nothing it does can race what the test does next.
+    pub fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+        let deadline = Instant::now() + PATIENCE;
+        let task_dir = format!("/proc/{}/task", self.pid());
+        loop {
+            let states: Vec<String> = std::fs::read_dir(&task_dir)
+                .map(|dir| {
+                    dir.flatten()
+                        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The state is the field after the command name, which ends with the last ')'.
+            let stopped = |stat: &String| {
+                stat.rfind(')')
+                    .and_then(|at| stat[at + 1..].split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            };
+            if !states.is_empty() && states.iter().all(stopped) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the process never stopped");
             thread::yield_now();
         }
     }
