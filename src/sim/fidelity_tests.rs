@@ -7,11 +7,21 @@
 //! The replay steers the kernel: for each recorded outcome it says which of its faults strike
 //! (and the size of a short read or write), then checks the kernel answers exactly that. Outcomes
 //! are compared by kind (bytes counted, would-block, end of stream, error), events by their flags.
+//!
+//! The real side must not depend on the host. The sizes that decide when Linux refuses a write
+//! and when it raises the writable edge again are fixed: the client's receive buffer and the
+//! server's send buffer are set (which also turns their autotuning off), so neither the TCP
+//! metrics the host cached for 127.0.0.1 (a cached `reordering` starts the send buffer at its
+//! maximum) nor the receive autotuning of the moment moves them. Nothing waits for a time where
+//! a condition can be waited for: a client act that must have reached the server is followed by
+//! `Settle`, an event that must come by `Wait` or `Await` with a generous bound, and only `Quiet`
+//! (no event expected) waits briefly, where a late event could not change the verdict.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::kernel::{Choices, SimSocket, Steer};
@@ -32,12 +42,24 @@ enum Step {
     Fin,
     /// The client closes with `SO_LINGER` 0: a reset.
     Reset,
-    /// The client reads up to this many bytes of echo, waiting briefly for them.
+    /// The client reads this many bytes of echo (fewer at the end of the stream or an error).
     ClientRead(usize),
+    /// The client reads every byte the server wrote that it has not read yet.
+    ClientReadAll,
+    /// The client waits until the server's kernel has acknowledged everything it sent, FIN
+    /// included: the server's socket then holds it and its edges are raised.
+    Settle,
     /// The server accepts the connection and registers it.
     Accept,
-    /// The server waits for events.
+    /// The server waits for an event that is expected to come (see [`EVENT_BOUND`]).
     Wait,
+    /// The server waits, event after event, for one that carries any of these flags; the kernel
+    /// must have raised one of them too.
+    Await(Readiness),
+    /// The server checks no event is pending: it waits briefly. A later event would be allowed
+    /// anyway (an event that is not owed may only carry readable or writable, which any event may
+    /// carry), so how long it waits does not decide the verdict.
+    Quiet,
     /// The server reads with a buffer of this size until would-block, end of stream or error.
     Drain(usize),
     /// The server writes this many bytes once.
@@ -103,12 +125,46 @@ impl Outcome {
 
 const CONN: u64 = 1;
 
+/// The client's receive buffer, asked for before it connects; Linux doubles it for overhead.
+const CLIENT_RCVBUF: usize = 8 * 1024;
+/// The server socket's send buffer; Linux doubles it. Both sizes are under Linux's default
+/// `net.core.rmem_max`/`wmem_max` (212992), so every host grants them as asked.
+const SERVER_SNDBUF: usize = 200 * 1000;
+/// How long an event, an acknowledgement or an echo that must come may take: far longer than any
+/// of them takes on a loaded loopback, so only their absence fails a test.
+const EVENT_BOUND: Duration = Duration::from_secs(10);
+/// How long `Quiet` waits for an event that should not come.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// A loopback client with its receive buffer fixed before the handshake, so the window it
+/// offers does not depend on autotuning.
+fn connect_client(addr: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockType, SockaddrIn};
+    let SocketAddr::V4(v4) = addr else {
+        panic!("a loopback IPv4 address, not {addr}")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("a socket");
+    setsockopt(&fd, sockopt::RcvBuf, &CLIENT_RCVBUF).expect("SO_RCVBUF");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).expect("connect");
+    TcpStream::from(fd)
+}
+
 /// The real side: a listener and an epoll shell of this crate, and a client socket.
 struct Real {
     shell: EpollShell,
     addr: SocketAddr,
     client: Option<TcpStream>,
     server: Option<OwnedFd>,
+    /// Bytes the server wrote, and bytes of them the client read.
+    written: usize,
+    received: usize,
 }
 
 impl Real {
@@ -120,15 +176,17 @@ impl Real {
             .expect("its address");
         let waker = Arc::new(Waker::new().expect("an eventfd"));
         let shell = EpollShell::new(listener, waker).expect("an epoll instance");
-        let client = TcpStream::connect(addr).expect("connect");
+        let client = connect_client(addr);
         client
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(EVENT_BOUND))
             .expect("read timeout");
         Real {
             shell,
             addr,
             client: Some(client),
             server: None,
+            written: 0,
+            received: 0,
         }
     }
 
@@ -158,27 +216,38 @@ impl Real {
                 drop(s);
             }
             Step::ClientRead(n) => {
-                let mut buf = vec![0; n];
-                let mut got = 0;
-                while got < n {
-                    match self.client().read(&mut buf[got..]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => got += k,
-                    }
-                }
+                self.client_read(n);
             }
+            Step::ClientReadAll => {
+                let owed = self.written - self.received;
+                let got = self.client_read(owed);
+                assert_eq!(
+                    got, owed,
+                    "the client got only {got} of {owed} bytes written"
+                );
+            }
+            Step::Settle => self.settle(),
             Step::Accept => {
                 let sock = self.shell.accept().expect("a connection is queued");
+                nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::SndBuf,
+                    &SERVER_SNDBUF,
+                )
+                .expect("SO_SNDBUF");
                 self.shell
                     .register(&sock, Token::from_epoll(CONN))
                     .expect("register");
                 self.server = Some(sock);
             }
-            Step::Wait => return vec![self.wait()],
+            Step::Wait => return vec![self.wait(EVENT_BOUND)],
+            Step::Await(flags) => return self.wait_for(flags),
+            Step::Quiet => return vec![self.wait(QUIET)],
             Step::Drain(size) => return self.drain(size),
             Step::Write(n) => {
                 let sock = self.server.as_ref().expect("accepted");
                 let r = self.shell.write(sock, &vec![5; n]);
+                self.written += r.as_ref().map_or(0, |k| *k);
                 return vec![Seen::Write(Outcome::of(&r))];
             }
             Step::Fill => return self.fill(),
@@ -203,7 +272,36 @@ impl Real {
             if acked >= at_least || Instant::now() > give_up {
                 return Seen::Acked(acked);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Reads up to `n` bytes; stops early only at the end of the stream, an error, or after
+    /// [`EVENT_BOUND`] without a byte. Returns how many it got.
+    fn client_read(&mut self, n: usize) -> usize {
+        let mut buf = vec![0; n];
+        let mut got = 0;
+        while got < n {
+            match self.client().read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        self.received += got;
+        got
+    }
+
+    /// Waits until the client's kernel holds nothing unacknowledged: everything it sent, FIN
+    /// included, is in the server's kernel.
+    fn settle(&mut self) {
+        let fd = OwnedFd::from(self.client().try_clone().expect("dup"));
+        let deadline = Instant::now() + EVENT_BOUND;
+        while crate::sys::unacked(std::os::fd::AsFd::as_fd(&fd)).expect("SIOCOUTQ") > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the server's kernel did not acknowledge the client's bytes"
+            );
+            thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -218,7 +316,10 @@ impl Real {
                         end: ClientEnd::Eof,
                     }
                 }
-                Ok(k) => got += k,
+                Ok(k) => {
+                    got += k;
+                    self.received += k;
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Seen::Client {
                         got,
@@ -235,18 +336,39 @@ impl Real {
         }
     }
 
-    /// One wait, up to 200 ms; the connection's event, if any.
-    fn wait(&mut self) -> Seen {
-        let mut seen = Seen::NoEvent;
-        let deadline = Some(Instant::now() + Duration::from_millis(200));
-        self.shell
-            .wait(deadline, |token, r| {
-                if token == Token::from_epoll(CONN) {
-                    seen = Seen::Event(r);
-                }
-            })
-            .expect("epoll_wait");
-        seen
+    /// Waits up to `bound` for the connection's event; the first one, if any.
+    fn wait(&mut self, bound: Duration) -> Seen {
+        let deadline = Instant::now() + bound;
+        loop {
+            let mut seen = Seen::NoEvent;
+            self.shell
+                .wait(Some(deadline), |token, r| {
+                    if token == Token::from_epoll(CONN) {
+                        seen = Seen::Event(r);
+                    }
+                })
+                .expect("epoll_wait");
+            // A wait can end early (a signal, or no event for the connection): wait on.
+            if seen != Seen::NoEvent || Instant::now() >= deadline {
+                return seen;
+            }
+        }
+    }
+
+    /// Waits for events until one carries any of `flags`, within [`EVENT_BOUND`].
+    fn wait_for(&mut self, flags: Readiness) -> Vec<Seen> {
+        let deadline = Instant::now() + EVENT_BOUND;
+        let mut seen = Vec::new();
+        loop {
+            let now = Instant::now();
+            let got = self.wait(deadline.saturating_duration_since(now));
+            seen.push(got);
+            match got {
+                Seen::Event(r) if carries(r, flags) => return seen,
+                Seen::NoEvent => return seen,
+                _ => {}
+            }
+        }
     }
 
     fn drain(&mut self, size: usize) -> Vec<Seen> {
@@ -267,7 +389,9 @@ impl Real {
         let chunk = vec![3; 64 * 1024];
         let mut seen = Vec::new();
         loop {
-            let outcome = Outcome::of(&self.shell.write(sock, &chunk));
+            let r = self.shell.write(sock, &chunk);
+            self.written += r.as_ref().map_or(0, |k| *k);
+            let outcome = Outcome::of(&r);
             seen.push(Seen::Write(outcome));
             if !matches!(outcome, Outcome::Bytes(_)) || seen.len() > 10_000 {
                 return seen;
@@ -335,6 +459,13 @@ impl Replay {
                 self.steer_landing(vec![Fault::AckLate], None, Some(land));
                 self.kernel.client_recv(self.link(), n);
             }
+            Step::ClientReadAll => {
+                // Everything written reached the client, which read it all.
+                self.steer(Vec::new(), None);
+                self.kernel.client_recv(self.link(), usize::MAX);
+            }
+            // The simulated client's acts reach the server at once.
+            Step::Settle => {}
             Step::Accept => {
                 self.steer(Vec::new(), None);
                 let sock = self.kernel.accept().map_err(|e| format!("accept: {e}"))?;
@@ -390,13 +521,49 @@ impl Replay {
                     self.produce(*s, 64 * 1024)?;
                 }
             }
-            Step::Wait | Step::Acked | Step::AckedAtLeast(_) => {
+            Step::Wait | Step::Quiet | Step::Acked | Step::AckedAtLeast(_) => {
                 for s in seen {
                     self.produce(*s, 0)?;
                 }
             }
+            Step::Await(flags) => {
+                let mut owed = Readiness::NONE;
+                for s in seen {
+                    match s {
+                        Seen::Event(real) => owed = owed.or(self.event(*real)?),
+                        _ => self.produce(*s, 0)?,
+                    }
+                }
+                // The edge Linux raised must be one the kernel raised: not merely allowed.
+                if let Some(Seen::Event(real)) = seen.last() {
+                    if carries(*real, flags) && !carries(owed, flags) {
+                        return Err(format!(
+                            "Linux raised {real:?}, the kernel owed only {owed:?}"
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Checks the kernel could raise the event `real` saw; returns the edge it owed, if any.
+    fn event(&mut self, real: Readiness) -> Result<Readiness, String> {
+        let pending = self.kernel.take_event(Token::from_epoll(CONN));
+        let link = &self.kernel.links[self.link()];
+        // A spurious readable or writable edge, and the socket's standing conditions, may come
+        // with any event.
+        let owed = pending.unwrap_or(Readiness::NONE);
+        let allowed = owed
+            .or(link.standing())
+            .or(Readiness::READABLE.or(Readiness::WRITABLE));
+        if real.or(allowed) == allowed {
+            Ok(owed)
+        } else {
+            Err(format!(
+                "event {real:?}, the kernel could raise only {allowed:?}"
+            ))
+        }
     }
 
     /// The client reads everything the kernel lets it: a reset if the server's RST destroyed
@@ -434,23 +601,7 @@ impl Replay {
                     Some(owed) => Err(format!("no event, the kernel owes {owed:?}")),
                 }
             }
-            Seen::Event(real) => {
-                let pending = self.kernel.take_event(token);
-                let link = &self.kernel.links[self.link()];
-                // A spurious readable or writable edge, and the socket's standing conditions,
-                // may come with any event.
-                let allowed = pending
-                    .unwrap_or(Readiness::NONE)
-                    .or(link.standing())
-                    .or(Readiness::READABLE.or(Readiness::WRITABLE));
-                return if real.or(allowed) == allowed {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "event {real:?}, the kernel could raise only {allowed:?}"
-                    ))
-                };
-            }
+            Seen::Event(real) => return self.event(real).map(|_| ()),
             Seen::Read(want) => {
                 let (faults, short) = self.read_plan(want, size);
                 self.steer(faults, short);
@@ -459,6 +610,7 @@ impl Replay {
                 Seen::Read(Outcome::of(&self.kernel.read(sock, &mut buf)))
             }
             Seen::Write(want) => {
+                self.size_send_buffer(want, size);
                 let (mut faults, short) = self.write_plan(want, size);
                 faults.push(Fault::AckLate);
                 self.steer(faults, short);
@@ -501,6 +653,23 @@ impl Replay {
             Outcome::WouldBlock => (Vec::new(), None),
             Outcome::Failed if l.broken == Break::Reset => (Vec::new(), None),
             Outcome::Failed => (vec![Fault::ReadReset], None),
+        }
+    }
+
+    /// Gives the kernel's send buffer the room Linux's had for a write of `size` bytes that gave
+    /// `want`: the size of a real send buffer depends on the host, so it is read off the real
+    /// outcome. Linux refuses a write, or takes part of it, only when its buffer is full, so the
+    /// kernel's buffer is then full too and the writable edge waits for the client's reads, as
+    /// it does in Linux.
+    fn size_send_buffer(&mut self, want: Outcome, size: usize) {
+        let link = self.link();
+        let down = &mut self.kernel.links[link].down;
+        let queued = down.queue.len();
+        match want {
+            Outcome::Bytes(n) if n < size => down.cap = queued + n,
+            Outcome::Bytes(n) => down.cap = down.cap.max(queued + n),
+            Outcome::WouldBlock => down.cap = queued,
+            Outcome::End | Outcome::Failed => {}
         }
     }
 
@@ -551,6 +720,16 @@ fn check(name: &str, script: &[Step]) -> Vec<(Step, Vec<Seen>)> {
     record
 }
 
+/// Whether `r` carries any of `flags`.
+fn carries(r: Readiness, flags: Readiness) -> bool {
+    (r.readable && flags.readable)
+        || (r.writable && flags.writable)
+        || (r.read_closed && flags.read_closed)
+        || (r.hangup && flags.hangup)
+        || (r.error && flags.error)
+        || (r.urgent && flags.urgent)
+}
+
 /// Reads seen in a record, in order.
 fn reads(record: &[(Step, Vec<Seen>)]) -> Vec<Outcome> {
     record
@@ -594,9 +773,10 @@ fn an_urgent_byte_stops_a_read_short_with_more_queued() {
             Send(1000),
             SendUrgent(1),
             Send(1000),
+            Settle,
             Wait,
             Drain(4096),
-            Wait,
+            Quiet,
         ],
     );
     // The read that taught the lesson: a short read with more to come, no new edge between.
@@ -617,7 +797,7 @@ fn half_close_reads_to_the_end() {
     use Step::*;
     let record = check(
         "half close",
-        &[Accept, Send(10), Fin, Wait, Drain(4096), Wait],
+        &[Accept, Send(10), Fin, Settle, Wait, Drain(4096), Quiet],
     );
     assert_eq!(reads(&record), [Outcome::Bytes(10), Outcome::End]);
 }
@@ -627,16 +807,35 @@ fn a_reset_with_and_without_unread_data() {
     use Step::*;
     let record = check(
         "reset, read before",
-        &[Accept, Send(5), Wait, Drain(4096), Reset, Wait, Drain(4096)],
+        &[
+            Accept,
+            Send(5),
+            Settle,
+            Wait,
+            Drain(4096),
+            Reset,
+            Await(ERROR),
+            Drain(4096),
+        ],
     );
     assert_eq!(reads(&record).last(), Some(&Outcome::Failed), "{record:?}");
     let record = check(
         "reset, unread",
-        &[Accept, Wait, Send(5000), Reset, Wait, Drain(4096)],
+        &[Accept, Wait, Send(5000), Reset, Await(ERROR), Drain(4096)],
     );
     assert_eq!(reads(&record).last(), Some(&Outcome::Failed), "{record:?}");
 }
 
+/// An event carrying an error: what a reset raises.
+const ERROR: Readiness = Readiness {
+    error: true,
+    ..Readiness::NONE
+};
+
+/// A full send buffer: no writable edge while the client reads nothing, and one once it has read
+/// everything. Linux raises it once the free room reaches its write-space threshold (a share of
+/// what is queued), which a partial read may or may not cross: the client reads everything, so
+/// the comparison does not guess where the threshold lies.
 #[test]
 fn a_full_window_refuses_writes_until_the_peer_reads() {
     use Step::*;
@@ -646,9 +845,10 @@ fn a_full_window_refuses_writes_until_the_peer_reads() {
             Accept,
             Wait,
             Fill,
+            Quiet,
             Acked,
-            ClientRead(1 << 20),
-            Wait,
+            ClientReadAll,
+            Await(Readiness::WRITABLE),
             Fill,
             Acked,
         ],
@@ -658,12 +858,17 @@ fn a_full_window_refuses_writes_until_the_peer_reads() {
         .flat_map(|(_, s)| s)
         .any(|s| *s == Seen::Write(Outcome::WouldBlock));
     assert!(refused, "the window never filled: {record:?}");
+    let quiet = record.iter().find(|(step, _)| matches!(step, Quiet));
+    assert!(
+        matches!(quiet, Some((_, seen)) if seen.as_slice() == [Seen::NoEvent]),
+        "a writable edge before the client read: {record:?}"
+    );
 }
 
 #[test]
 fn data_that_races_the_accept() {
     use Step::*;
-    let record = check("race", &[Send(100), Fin, Accept, Wait, Drain(4096)]);
+    let record = check("race", &[Send(100), Fin, Settle, Accept, Wait, Drain(4096)]);
     assert_eq!(reads(&record), [Outcome::Bytes(100), Outcome::End]);
 }
 
@@ -681,7 +886,7 @@ fn delivery_after_our_fin() {
             ShutdownWrite,
             ClientRead(1),
             Acked,
-            Wait,
+            Quiet,
         ],
     );
 }
@@ -732,4 +937,54 @@ fn data_after_our_close_meets_a_reset_that_spares_what_was_acknowledged() {
         }])
     );
     assert!(cut, "{held:?}");
+}
+
+/// The acknowledgement is the peer's kernel's, not its application's: what lands in the client's
+/// receive buffer is acknowledged though the client never reads, in the amounts Linux reports.
+#[test]
+fn the_peers_kernel_acknowledges_what_it_holds_unread() {
+    use Step::*;
+    let record = check(
+        "acknowledged unread",
+        &[
+            Accept,
+            Wait,
+            Write(1000),
+            AckedAtLeast(1000),
+            Write(2000),
+            AckedAtLeast(3000),
+        ],
+    );
+    let acked: Vec<u64> = acknowledgements(&record);
+    assert_eq!(acked, [1000, 3000], "{record:?}");
+}
+
+/// After the peer's reset the kernel still says what it had acknowledged, and no more: the rest
+/// was destroyed by the reset.
+#[test]
+fn a_reset_keeps_what_was_acknowledged() {
+    use Step::*;
+    let record = check(
+        "reset after a full window",
+        &[Accept, Wait, Fill, Quiet, Acked, Reset, Wait, Acked],
+    );
+    let acked = acknowledgements(&record);
+    assert_eq!(acked.len(), 2, "{record:?}");
+    assert!(acked[0] > 0, "nothing was acknowledged: {record:?}");
+    assert_eq!(
+        acked[0], acked[1],
+        "the count changed at the reset: {record:?}"
+    );
+}
+
+/// The acknowledged counts seen in a record, in order.
+fn acknowledgements(record: &[(Step, Vec<Seen>)]) -> Vec<u64> {
+    record
+        .iter()
+        .flat_map(|(_, seen)| seen.iter())
+        .filter_map(|s| match s {
+            Seen::Acked(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
 }
