@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dispatch::{ConnLimit, Settings};
-use crate::server::StartError;
+use crate::error::StartError;
 
 /// The longest drain or idle timeout: longer is surely a typo, and every deadline the core computes
 /// stays far from the end of what time can express.

@@ -16,6 +16,7 @@
 
 mod config;
 mod dispatch;
+mod error;
 mod io;
 mod report;
 mod server;
@@ -33,6 +34,7 @@ pub mod fuzzing;
 pub mod sim;
 
 pub use config::{Config, MAX_TIMEOUT};
+pub use error::StartError;
 pub use report::{Counter, Derived, ParseError, Report};
-pub use server::{Server, StartError};
+pub use server::Server;
 pub use stats::LiveStats;

@@ -1,7 +1,6 @@
 //! The orchestrator: binds every listener and builds every worker's epoll before any thread runs
 //! (start-up is all-or-nothing), spawns the workers, watches them, and stops and joins them.
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -11,51 +10,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
+use crate::error::StartError;
 use crate::report::{Counter, Report};
 use crate::shutdown::{Coordinator, Join, Wake};
 use crate::stats::{LiveStats, WorkerStats};
 use crate::sys::{bind_listener, Claim, EpollShell, Waker};
 use crate::worker::Worker;
-
-/// Why the server did not start. Nothing is left running or open when `start` returns one.
-#[derive(Debug)]
-pub enum StartError {
-    /// A setting is out of range.
-    InvalidConfig(&'static str),
-    /// The listening address could not be bound (in use, not local, not permitted).
-    Bind { addr: SocketAddr, source: io::Error },
-    /// Creating a worker's epoll instance or waker failed.
-    Setup(io::Error),
-    /// A worker thread could not be spawned.
-    Spawn(io::Error),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
-            StartError::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
-                write!(
-                    f,
-                    "cannot listen on {addr}: another socket already listens there"
-                )
-            }
-            StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            StartError::Setup(e) => write!(f, "cannot set up a worker: {e}"),
-            StartError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::InvalidConfig(_) => None,
-            StartError::Bind { source, .. } => Some(source),
-            StartError::Setup(e) | StartError::Spawn(e) => Some(e),
-        }
-    }
-}
 
 struct WorkerWaker {
     index: usize,
