@@ -10,9 +10,6 @@
 mod args;
 mod churn;
 mod compare;
-// The server's own duration syntax, from its one file.
-#[path = "../../src/cmd/duration.rs"]
-mod duration;
 mod idle;
 mod load;
 mod pattern;
@@ -33,7 +30,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use args::{count, one_line, positive_duration, positive_rate};
-use duration::parse_duration;
+use cli_duration::parse_duration;
 use pattern::{Pattern, MAX_SLICE};
 use report::RunInfo;
 use target::{parse_target, Target};

@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser};
 use epoll_echo::{Config, MAX_TIMEOUT};
 
 use super::address::{parse_bind, parse_socket};
-use super::duration::parse_duration;
+use cli_duration::parse_duration;
 
 /// What `--help` ends with: how to stop the server and what its exit status means.
 const AFTER_HELP: &str = "\
