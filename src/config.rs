@@ -34,10 +34,6 @@ pub struct Config {
     /// listener that closes resets the connections in its own queue unless
     /// `net.ipv4.tcp_migrate_req` is 1.
     pub reuse_port: bool,
-    /// Test machinery: worker `.0` panics once it has accepted `.1` connections.
-    #[cfg(feature = "sim")]
-    #[doc(hidden)]
-    pub fail_worker: Option<(usize, u64)>,
 }
 
 impl Default for Config {
@@ -51,8 +47,6 @@ impl Default for Config {
             max_conns: None,
             idle_timeout: core.idle_timeout,
             reuse_port: false,
-            #[cfg(feature = "sim")]
-            fail_worker: None,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! - `worker` joins the two over the `io::Io` trait; `server` starts, stops and joins workers,
 //!   with `shutdown` coordinating the stop.
 //! - `sim` (tests, and the `sim` feature) is the simulated kernel the same worker loop runs over;
-//!   `fuzzing` holds the fuzz harness bodies.
+//!   `fuzzing` holds the fuzz harness bodies, `failing` a server with a worker that fails on purpose.
 //!
 //! Warnings go through the `log` facade; the binary installs the logger.
 #![deny(unsafe_code)]
@@ -26,6 +26,9 @@ mod sync;
 mod sys;
 mod worker;
 
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod failing;
 #[cfg(feature = "sim")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -20,7 +20,7 @@ use common::{
     config, connect, echoes, open_fds, payload, read_exact_chunked, read_to_eof, serial, start,
     stop, within, write_chunked, write_until_stalled, Rng, IO_TIMEOUT,
 };
-use epoll_echo::{Counter, Report, Server, StartError};
+use epoll_echo::{failing, Counter, Report, Server, StartError};
 
 /// A test of this process's descriptors: it runs alone, and when it ends no worker thread is left
 /// and the descriptors are those it began with.
@@ -350,8 +350,7 @@ fn a_failed_worker_is_counted_keeps_its_last_counts_and_gives_back_its_slots() {
     let mut server_config = config(2);
     server_config.max_conns = Some(2);
     // Worker 0 panics as soon as it has accepted one connection.
-    server_config.fail_worker = Some((0, 1));
-    let server = start(server_config);
+    let server = failing::start(server_config, 0, 1).expect("server starts");
     let addr = server.local_addr();
     // Connections go to either worker; the first that reaches worker 0 ends it.
     for attempt in 0.. {

@@ -18,6 +18,13 @@ Signals:
   the same signal again    within 500 ms: the same request; later: exit at once
   SIGUSR1                  print the live counters (one line per worker and a total) to stderr
 
+Environment:
+  RUST_LOG                 the log filter (default info); errors are written whatever it says
+  NOTIFY_SOCKET            set by systemd for Type=notify: READY=1 once listening, STOPPING=1
+  EPOLL_ECHO_FAIL_WORKER   a diagnostic: W:N makes worker W panic once it has accepted N
+                           connections, to try exit status 3; read only by test builds (the sim
+                           feature), ignored otherwise
+
 Exit status:
   0    stopped gracefully
   1    could not start (the address is taken or not local, no permission, ...), or could not
@@ -162,18 +169,14 @@ impl Cli {
         if let Some(n) = self.max_listeners {
             config.workers = n as usize;
         }
-        #[cfg(feature = "sim")]
-        {
-            config.fail_worker = planted_failure();
-        }
         config
     }
 }
 
-/// Test machinery: `EPOLL_ECHO_FAIL_WORKER=W:N` makes worker W panic once it has accepted N
-/// connections. Only builds with the `sim` feature (the crate's own tests) read it.
+/// The `EPOLL_ECHO_FAIL_WORKER=W:N` diagnostic: worker W panics once it has accepted N connections.
+/// Only builds with the `sim` feature (the crate's own test builds) read it.
 #[cfg(feature = "sim")]
-fn planted_failure() -> Option<(usize, u64)> {
+pub fn planted_failure() -> Option<(usize, u64)> {
     let spec = std::env::var("EPOLL_ECHO_FAIL_WORKER").ok()?;
     let (worker, after) = spec.split_once(':')?;
     Some((worker.parse().ok()?, after.parse().ok()?))
