@@ -6,7 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 
 /// Why the server did not start. Nothing is left running or open when `start` returns one.
+/// Non-exhaustive: a new reason is not a breaking change.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StartError {
     /// A setting is out of range.
     InvalidConfig(&'static str),

@@ -149,27 +149,26 @@ impl Cli {
 
     /// The library's configuration for these flags.
     pub fn config(&self) -> Config {
-        let mut config = Config {
-            addr: match self.bind {
-                Some((IpAddr::V6(ip), scope)) => {
-                    SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
-                }
-                Some((ip, _)) => SocketAddr::new(ip, self.port),
-                None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
-            },
-            max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
-            drain_timeout: self.drain_timeout,
-            max_conns: self
-                .max_conns
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-            reuse_port: self.reuse_port,
-            ..Config::default()
+        let addr = match self.bind {
+            Some((IpAddr::V6(ip), scope)) => {
+                SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
+            }
+            Some((ip, _)) => SocketAddr::new(ip, self.port),
+            None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
         };
-        if let Some(n) = self.max_listeners {
-            config.workers = n as usize;
+        let config = Config::new(addr)
+            .max_pending(usize::try_from(self.max_pending).unwrap_or(usize::MAX))
+            .drain_timeout(self.drain_timeout)
+            .max_conns(
+                self.max_conns
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            )
+            .idle_timeout((!self.idle_timeout.is_zero()).then_some(self.idle_timeout))
+            .reuse_port(self.reuse_port);
+        match self.max_listeners {
+            Some(n) => config.workers(n as usize),
+            None => config,
         }
-        config
     }
 }
 
