@@ -3,7 +3,7 @@
 //! not echoed within the run's timeout is lost and fails its connection.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::load::{conn_name, connect_all, owed, timed_out, Spec, SETUP_LIMIT};
@@ -23,7 +23,7 @@ pub fn run_idle(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     let deadline = sent_at + spec.timeout;
     let mut done = vec![false; streams.len()];
     for (i, s) in streams.iter_mut().enumerate() {
-        epoll.add(s.as_raw_fd(), i as u64, CONN_EVENTS)?;
+        epoll.add(s.as_fd(), i as u64, CONN_EVENTS)?;
         // A fresh socket's send buffer takes one small message whole.
         if s.write(pattern.slice(Pattern::base(i), size)).ok() != Some(size) {
             let name = conn_name(i, s, spec.addr);

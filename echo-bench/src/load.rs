@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::report::fmt_count;
@@ -307,7 +307,7 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     };
     let mut conns = Vec::with_capacity(streams.len());
     for (i, stream) in streams.into_iter().enumerate() {
-        epoll.add(stream.as_raw_fd(), i as u64, CONN_EVENTS)?;
+        epoll.add(stream.as_fd(), i as u64, CONN_EVENTS)?;
         conns.push(Conn {
             stream,
             base: Pattern::base(i),
