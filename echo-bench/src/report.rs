@@ -119,50 +119,13 @@ fn fmt_duration(d: Duration) -> String {
 
 /// The aligned summary of one run.
 pub fn summary(info: &RunInfo, r: &RunResult) -> String {
-    let mut out = String::new();
-    let target = if info.target == info.addr.to_string() {
-        info.target.clone()
-    } else {
-        format!("{} ({})", info.target, info.addr)
-    };
-    let what = match info.kind {
-        "ping" => format!(
-            "{} connections, {} in flight each, {} B messages",
-            fmt_count(info.conns as u64),
-            info.depth,
-            fmt_count(info.size as u64)
-        ),
-        "stream" => format!(
-            "{} msgs/s scheduled over {} connections, {} B messages",
-            fmt_rate(info.rate.unwrap_or(0.0)),
-            fmt_count(info.conns as u64),
-            fmt_count(info.size as u64)
-        ),
-        "churn" => format!(
-            "connect, echo {} B, close; one connection after another",
-            fmt_count(info.size as u64)
-        ),
-        _ => format!(
-            "{} connections held, each echoing one {} B message first",
-            fmt_count(info.conns as u64),
-            fmt_count(info.size as u64)
-        ),
-    };
-    out.push_str(&format!("{} {target}: {what}\n", info.kind));
-    let phase = match info.kind {
-        "idle" => format!(
-            "connections opened in {:.2} s, then held for {}",
-            (r.secs - info.duration.as_secs_f64()).max(0.0),
-            fmt_duration(info.duration)
-        ),
-        _ if info.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
-        _ => format!(
-            "measured {:.2} s after {} of warm-up",
-            r.secs,
-            fmt_duration(info.warmup)
-        ),
-    };
-    out.push_str(&format!("{phase}\n\n"));
+    let mut out = format!(
+        "{} {}: {}\n{}\n\n",
+        info.kind,
+        target(info),
+        what(info),
+        phase(info, r)
+    );
     let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<12} {value}\n"));
     let (unit, noun) = match info.kind {
         "churn" => ("conns/s", "connections, each echo checked"),
@@ -174,23 +137,7 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
         line("rate", format!("{} {unit}", fmt_rate(r.msgs_per_s())));
         line("throughput", format!("{} MB/s", sig3(r.mb_per_s())));
     }
-    let us = |v: f64| fmt_ns(v * 1e3);
-    if r.msgs == 0 {
-        line("latency", "- (nothing was echoed while measuring)".into());
-    } else {
-        line(
-            "latency",
-            format!(
-                "p50 {}   p90 {}   p99 {}   p99.9 {}   max {}   (mean {})",
-                us(r.p50_us),
-                us(r.p90_us),
-                us(r.p99_us),
-                us(r.p999_us),
-                us(r.max_us),
-                us(r.mean_us)
-            ),
-        );
-    }
+    line("latency", latency(r));
     let counted_from = match info.kind {
         "stream" => Some("from each message's scheduled send time (open loop)"),
         "churn" => Some("a whole connection: connect, echo, close"),
@@ -209,6 +156,77 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     if r.not_sent > 0 {
         line("not sent", not_sent(r));
     }
+    if let Some(server) = server(r) {
+        line("server", server);
+    }
+    if let Some(cpu) = r.client_cpu_ns_per_msg {
+        line("client", format!("{} CPU per message", fmt_ns(cpu)));
+    }
+    out
+}
+
+/// The target as typed, with the address it resolved to when that differs.
+fn target(info: &RunInfo) -> String {
+    if info.target == info.addr.to_string() {
+        info.target.clone()
+    } else {
+        format!("{} ({})", info.target, info.addr)
+    }
+}
+
+/// What the scenario did, in one line.
+fn what(info: &RunInfo) -> String {
+    let (conns, size) = (fmt_count(info.conns as u64), fmt_count(info.size as u64));
+    match info.kind {
+        "ping" => format!(
+            "{conns} connections, {} in flight each, {size} B messages",
+            info.depth
+        ),
+        "stream" => format!(
+            "{} msgs/s scheduled over {conns} connections, {size} B messages",
+            fmt_rate(info.rate.unwrap_or(0.0))
+        ),
+        "churn" => format!("connect, echo {size} B, close; one connection after another"),
+        _ => format!("{conns} connections held, each echoing one {size} B message first"),
+    }
+}
+
+/// How long was measured, after what warm-up (or, idle: how long the connections took to open).
+fn phase(info: &RunInfo, r: &RunResult) -> String {
+    match info.kind {
+        "idle" => format!(
+            "connections opened in {:.2} s, then held for {}",
+            (r.secs - info.duration.as_secs_f64()).max(0.0),
+            fmt_duration(info.duration)
+        ),
+        _ if info.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
+        _ => format!(
+            "measured {:.2} s after {} of warm-up",
+            r.secs,
+            fmt_duration(info.warmup)
+        ),
+    }
+}
+
+/// The latency percentiles, or why there are none.
+fn latency(r: &RunResult) -> String {
+    if r.msgs == 0 {
+        return "- (nothing was echoed while measuring)".into();
+    }
+    let us = |v: f64| fmt_ns(v * 1e3);
+    format!(
+        "p50 {}   p90 {}   p99 {}   p99.9 {}   max {}   (mean {})",
+        us(r.p50_us),
+        us(r.p90_us),
+        us(r.p99_us),
+        us(r.p999_us),
+        us(r.max_us),
+        us(r.mean_us)
+    )
+}
+
+/// The server's CPU per message and memory, when they were measured.
+fn server(r: &RunResult) -> Option<String> {
     let mut server = Vec::new();
     if let Some(cpu) = r.server_cpu_ns_per_msg {
         server.push(format!("{} CPU per message", fmt_ns(cpu)));
@@ -219,13 +237,7 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     if let Some(per) = r.rss_per_conn {
         server.push(format!("{} RSS per held connection", fmt_bytes(per)));
     }
-    if !server.is_empty() {
-        line("server", server.join(", "));
-    }
-    if let Some(cpu) = r.client_cpu_ns_per_msg {
-        line("client", format!("{} CPU per message", fmt_ns(cpu)));
-    }
-    out
+    (!server.is_empty()).then(|| server.join(", "))
 }
 
 /// What failed, counted, and the first failure in words.
