@@ -96,6 +96,14 @@ impl<I: Io> Io for PanicAfter<I> {
         self.inner.acked(sock)
     }
 
+    fn queued_input(&mut self, sock: &Self::Socket) -> io::Result<usize> {
+        self.inner.queued_input(sock)
+    }
+
+    fn queued_connections(&mut self) -> io::Result<usize> {
+        self.inner.queued_connections()
+    }
+
     fn close_shell(&mut self) {
         self.inner.close_shell()
     }

@@ -35,6 +35,10 @@ pub(crate) trait Io {
     /// Bytes of this connection's output the peer's kernel acknowledged, our FIN counting as one
     /// more once acknowledged (`tcpi_bytes_acked`).
     fn acked(&mut self, sock: &Self::Socket) -> io::Result<u64>;
+    /// Bytes waiting in this connection's receive queue (`FIONREAD`, past any urgent mark).
+    fn queued_input(&mut self, sock: &Self::Socket) -> io::Result<usize>;
+    /// Connections waiting in the listener's accept queue.
+    fn queued_connections(&mut self) -> io::Result<usize>;
     /// Closes the epoll instance and lets go of the wake-up channel: nothing is waited on after.
     fn close_shell(&mut self);
     /// Consumes a wake-up so that the next one raises a new event.

@@ -71,9 +71,9 @@ counters! {
     BytesUnacked = "bytes_unacked", Sum;
     /// Bytes the peer had not acknowledged when a connection error closed the connection (reset, timeout, unreachable peer): the kernel discarded them.
     BytesLostToErrors = "bytes_lost_to_errors", Sum;
-    /// Bytes read but never handed to the kernel: lost to a connection error, the drain deadline or the idle timeout.
+    /// Bytes read but never handed to the kernel: lost to a connection error, the drain deadline or the idle timeout (input that arrived before the stop and could not be echoed before the deadline is read out and counted here).
     BytesDropped = "bytes_dropped", Sum;
-    /// Bytes a peer sent after the stop began, read only so the close sends no reset, never echoed.
+    /// Bytes that arrived after the worker took the stop (its cut), read only so the close sends no reset, never echoed.
     BytesDiscarded = "bytes_discarded", Sum;
     /// Connections closed by a connection error (reset, timeout, unreachable peer).
     ErrorCloses = "error_closes", Sum;

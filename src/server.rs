@@ -270,6 +270,91 @@ impl Drop for Server {
 mod tests {
     use super::*;
 
+    /// An echo that fills the peer's window exactly leaves our FIN waiting for window while every
+    /// byte is acknowledged: the stop must close on delivery, not sit out the drain deadline. The
+    /// test builds that state on real sockets, reading the server's side of the connection.
+    #[test]
+    fn a_fin_waiting_for_a_window_the_echo_filled_exactly_does_not_hold_the_stop() {
+        use crate::sys::{acked, find_connection, peer_window, unacked};
+        use std::io::{Read, Write};
+        use std::os::fd::{AsFd, AsRawFd};
+        use std::time::{Duration, Instant};
+        let config = Config {
+            addr: "127.0.0.1:0".parse().expect("address"),
+            workers: 1,
+            drain_timeout: Duration::from_secs(20),
+            ..Config::default()
+        };
+        let server = Server::start(config).expect("a loopback server");
+        let client = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        let rcvbuf = 4096usize;
+        nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::RcvBuf, &rcvbuf)
+            .expect("SO_RCVBUF");
+        let SocketAddr::V4(addr) = server.local_addr() else {
+            panic!("bound to 127.0.0.1");
+        };
+        let to = nix::sys::socket::SockaddrIn::from(addr);
+        nix::sys::socket::connect(client.as_raw_fd(), &to).expect("connect");
+        let mut client = std::net::TcpStream::from(client);
+        let me = client.local_addr().expect("local address");
+        // An echo of one byte: the connection is accepted, and the byte stays unread.
+        client.write_all(b"x").expect("send");
+        let wait = |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < give_up, "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let mut sock = None;
+        wait(
+            "the server never accepted",
+            Box::new(|| {
+                sock = find_connection(me);
+                sock.is_some()
+            }),
+        );
+        let sock = sock.expect("found");
+        let mut echoed = 1u64;
+        wait(
+            "the first echo was never acknowledged",
+            Box::new(|| acked(sock.as_fd()).expect("TCP_INFO") == echoed),
+        );
+        // Send what the window can take; the echo fills it; again until it is shut.
+        for _ in 0..1000 {
+            let window = peer_window(sock.as_fd()).expect("TCP_INFO") as usize;
+            if window == 0 {
+                break;
+            }
+            client.write_all(&vec![7; window]).expect("send");
+            echoed += window as u64;
+            wait(
+                "the echo was never acknowledged",
+                Box::new(|| acked(sock.as_fd()).expect("TCP_INFO") == echoed),
+            );
+        }
+        assert_eq!(peer_window(sock.as_fd()).expect("TCP_INFO"), 0);
+        assert_eq!(unacked(sock.as_fd()).expect("SIOCOUTQ"), 0);
+        drop(sock);
+        let stopping = Instant::now();
+        let report = server.stop();
+        let took = stopping.elapsed();
+        println!("a window filled exactly by {echoed} bytes: stopped in {took:?}: {report}");
+        assert_eq!(report[crate::Counter::BytesDelivered], echoed, "{report}");
+        assert_eq!(report[crate::Counter::DeadlineCloses], 0, "{report}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        // The peer holds every byte, then our FIN once it reads.
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).expect("read to the end");
+        assert_eq!(back.len() as u64, echoed);
+    }
+
     #[test]
     fn only_the_ipv6_wildcard_falls_back_and_only_without_ipv6() {
         let any6: SocketAddr = "[::]:8080".parse().expect("address");

@@ -121,6 +121,11 @@ impl<I: Io> Worker<I> {
                 io.close(sock);
                 core.handle_closed(AckOutcome::from_result(acked));
             }
+            Action::MeasureBacklog => core.handle_backlog(io.queued_connections().ok()),
+            Action::MeasureInput(token) => {
+                let queued = io.queued_input(core.socket(token)).ok();
+                core.handle_queued_input(token, queued);
+            }
             Action::CloseShell => io.close_shell(),
         }
     }

@@ -34,6 +34,9 @@ pub enum Output {
     /// An error edge or outcome: the connection is closed at its next turn, and what the peer
     /// had not acknowledged is counted as lost to the error.
     Failed(ConnError),
+    /// The drain deadline passed: input that arrived before the stop is read out and dropped (so
+    /// the close sends no reset), then the connection is closed.
+    Expired,
 }
 
 /// After our FIN: whether the kernel is to be asked if the peer holds every byte.
@@ -64,6 +67,8 @@ pub enum Step {
     Read(usize),
     /// Ask the kernel whether the peer acknowledged everything (the input reads empty).
     CheckDelivery,
+    /// Ask the kernel how much input arrived before the stop (the stop's cut).
+    MeasureInput,
 }
 
 /// How much a read may take.
@@ -90,6 +95,9 @@ pub struct Conn<S> {
     pub written: u64,
     /// Bytes the kernel last said the peer acknowledged.
     pub acked: u64,
+    /// After the stop: input that arrived before it and is still to be echoed (`None` until the
+    /// kernel said how much).
+    pub owed: Option<u64>,
 }
 
 impl<S> Conn<S> {
@@ -103,6 +111,7 @@ impl<S> Conn<S> {
             last_active,
             written: 0,
             acked: 0,
+            owed: None,
         }
     }
 
@@ -140,12 +149,32 @@ impl<S> Conn<S> {
         if n < asked && self.input == Input::Ready {
             self.input = Input::Drained;
         }
+        if let Some(owed) = &mut self.owed {
+            *owed = owed.saturating_sub(n as u64);
+        }
     }
 
-    /// A read found the socket empty.
+    /// A read found the socket empty. (What the stop's cut counted stays owed: the kernel said it
+    /// was there, so its edge will come.)
     pub fn on_would_block(&mut self) {
         if self.input != Input::Ended {
             self.input = Input::Drained;
+        }
+    }
+
+    /// A read returned 0: the peer sent everything, and nothing more is owed.
+    pub fn on_eof(&mut self) {
+        self.input = Input::Ended;
+        self.owed = self.owed.map(|_| 0);
+    }
+
+    /// The stop's cut: `n` bytes had arrived when the worker took the stop; they are echoed like
+    /// bytes read before it.
+    pub fn on_cut(&mut self, n: u64) {
+        self.owed = Some(n);
+        if n > 0 && self.input != Input::Ended {
+            // They are there; reads go on until they are all read, whatever a short read says.
+            self.input = Input::Exact;
         }
     }
 
@@ -156,11 +185,23 @@ impl<S> Conn<S> {
         if matches!(self.output, Output::Failed(_)) {
             return Some(Step::Close);
         }
+        if self.output == Output::Expired {
+            return match self.owed {
+                Some(owed) if owed > 0 => Some(Step::Read(room.scratch.min(to_len(owed)))),
+                _ => Some(Step::Close),
+            };
+        }
+        let cut_taken = matches!(self.output, Output::Shut(_)) || self.owed.is_some();
+        if stopping && !cut_taken {
+            // The stop's cut comes first: how much input arrived before it.
+            return Some(Step::MeasureInput);
+        }
+        let owed = self.owed.unwrap_or(0);
         if !self.pending.is_empty() {
             if self.output == Output::Open {
                 return Some(Step::Write);
             }
-        } else if stopping && !matches!(self.output, Output::Shut(_)) {
+        } else if stopping && owed == 0 && !matches!(self.output, Output::Shut(_)) {
             // A peer that finished is served like any other: our FIN, then delivery.
             return Some(Step::ShutdownWrite);
         } else if self.input == Input::Ended && !stopping {
@@ -177,13 +218,19 @@ impl<S> Conn<S> {
                 (Delivery::Pending, Input::Drained | Input::Ended) => None,
             };
         }
-        if !matches!(self.input, Input::Ready | Input::Exact) || stopping {
-            // After the stop nothing is read for echo.
+        if !matches!(self.input, Input::Ready | Input::Exact) || (stopping && owed == 0) {
+            // After the stop only what arrived before it is read for echo.
             return None;
         }
         let free = room.cap - self.pending.len();
-        (free > 0).then(|| Step::Read(free.min(room.scratch)))
+        let most = if stopping { to_len(owed) } else { usize::MAX };
+        (free > 0).then(|| Step::Read(free.min(room.scratch).min(most)))
     }
+}
+
+/// A byte count as a buffer length (saturating on 32-bit targets).
+fn to_len(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -244,6 +291,8 @@ mod tests {
         let mut c = conn();
         c.input = Input::Ended;
         assert_eq!(c.next_step(false, ROOM), Some(Step::Close));
+        assert_eq!(c.next_step(true, ROOM), Some(Step::MeasureInput));
+        c.on_cut(0);
         assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
         c.output = Output::Shut(Delivery::Pending);
         assert_eq!(
@@ -324,6 +373,60 @@ mod tests {
     }
 
     #[test]
+    fn after_the_stop_input_is_read_for_echo_up_to_the_cut_and_no_further() {
+        let mut c = conn();
+        c.pending.push(b"abcdef", 8);
+        c.output = Output::Blocked;
+        c.on_cut(7);
+        // At the cap's edge: room for 2 more bytes, and they are owed.
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
+        c.pending.push(b"gh", 8);
+        c.on_data(2, 2);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            None,
+            "at the cap: paused, 5 still owed"
+        );
+        c.pending.consume(8);
+        c.output = Output::Open;
+        // The scratch buffer holds 5 and 5 are owed: the read stops at the cut.
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_would_block();
+        assert_eq!(
+            c.owed,
+            Some(5),
+            "a read that would block does not cancel what was owed"
+        );
+        c.on_readiness(Readiness::READABLE);
+        c.on_data(3, 5);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            None,
+            "a short read with data owed: wait for the edge"
+        );
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
+        c.on_data(2, 2);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::ShutdownWrite),
+            "all owed read: our FIN"
+        );
+    }
+
+    #[test]
+    fn past_the_deadline_owed_input_is_read_out_then_the_connection_closes() {
+        let mut c = conn();
+        c.on_cut(7);
+        c.output = Output::Expired;
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_data(5, 5);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
+        c.on_eof();
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Close));
+    }
+
+    #[test]
     fn eof_closes_only_once_the_pending_output_is_written() {
         let mut c = conn();
         c.input = Input::Ended;
@@ -341,9 +444,19 @@ mod tests {
         let mut c = conn();
         c.pending.push(b"ab", 8);
         c.on_readiness(Readiness::READABLE);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::MeasureInput),
+            "the cut first"
+        );
+        c.on_cut(0);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Write));
         c.output = Output::Blocked;
-        assert_eq!(c.next_step(true, ROOM), None, "no echo read after the stop");
+        assert_eq!(
+            c.next_step(true, ROOM),
+            None,
+            "nothing arrived before the stop"
+        );
         c.pending.consume(2);
         assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
         c.output = Output::Shut(Delivery::Pending);

@@ -73,6 +73,12 @@ pub enum Action<S> {
     Close(S),
     /// Close the listening socket: the worker is stopping and has accepted what was queued.
     CloseListener,
+    /// Ask the kernel how many connections the listener's accept queue holds (the stop's cut of
+    /// the queue); report with `handle_backlog`.
+    MeasureBacklog,
+    /// Ask the kernel how many bytes this connection's receive queue holds (`FIONREAD`: the stop's
+    /// cut, which counts past an urgent mark); report with `handle_queued_input`.
+    MeasureInput(Token),
     /// Ask the kernel how many bytes of this connection's output the peer acknowledged
     /// (`tcpi_bytes_acked`); report with `handle_delivery`.
     CheckDelivery(Token),

@@ -121,6 +121,10 @@ enum Op {
     Write(Token, Source),
     /// Ask whether the peer holds every byte.
     Delivery(Token),
+    /// Ask how much input arrived before the stop.
+    MeasureInput(Token),
+    /// Ask how many connections the accept queue held at the stop.
+    MeasureBacklog,
     /// A close that asks the kernel first: what the peer did not acknowledge of the `written`
     /// bytes is counted by `cause`.
     Measure {
@@ -186,6 +190,8 @@ impl Op {
             Op::Read(token, len) => Action::Read { token, len },
             Op::Write(token, _) => Action::Write(token),
             Op::Delivery(token) => Action::CheckDelivery(token),
+            Op::MeasureInput(token) => Action::MeasureInput(token),
+            Op::MeasureBacklog => Action::MeasureBacklog,
             Op::Measure { .. } => unreachable!("a measured close is queued with its socket"),
         }
     }
@@ -212,10 +218,12 @@ enum Listener {
         backlog: bool,
         queued: bool,
     },
-    /// The stop came: accepting what the kernel already queued, so no handshake-completed client
-    /// is reset, then closing.
+    /// The stop came: accepting what the kernel had queued when the worker took it (`left`, once
+    /// the kernel said; until the queue reads empty if it could not), so no handshake-completed
+    /// client is reset, then closing. Connections queued later are left to the kernel.
     Draining {
         queued: bool,
+        left: Option<usize>,
     },
     Closed,
 }
@@ -224,7 +232,7 @@ impl Listener {
     /// The flag that says the listener is in the ready queue, while it can be.
     fn queued_flag(&mut self) -> Option<&mut bool> {
         match self {
-            Listener::Open { queued, .. } | Listener::Draining { queued } => Some(queued),
+            Listener::Open { queued, .. } | Listener::Draining { queued, .. } => Some(queued),
             Listener::Closed => None,
         }
     }
@@ -349,10 +357,18 @@ impl<S> Dispatcher<S> {
             self.timers.set(Timer::DrainDeadline, deadline);
         }
         if matches!(self.listener, Listener::Open { .. }) {
-            self.listener = Listener::Draining { queued: false };
+            self.listener = Listener::Draining {
+                queued: false,
+                left: None,
+            };
+            let op = Op::MeasureBacklog;
+            self.outbox.actions.push_back((op.action(), Some(op)));
             self.queue_listener();
         }
+        // The cut, before anything else happens: how much input each connection had received.
         for token in self.conns.tokens() {
+            let op = Op::MeasureInput(token);
+            self.outbox.actions.push_back((op.action(), Some(op)));
             self.queue_if_work(token);
         }
     }
@@ -361,6 +377,16 @@ impl<S> Dispatcher<S> {
     pub fn handle_accept(&mut self, outcome: AcceptOutcome<S>) -> Option<Token> {
         self.take_in_flight(Op::Accept);
         let draining = matches!(self.listener, Listener::Draining { .. });
+        if let Listener::Draining { left: Some(n), .. } = &mut self.listener {
+            if matches!(outcome, AcceptOutcome::Accepted(_) | AcceptOutcome::Aborted) {
+                *n = n.saturating_sub(1);
+            }
+            if *n == 0 {
+                // The last connection queued at the stop: those that came later are the
+                // kernel's to refuse.
+                self.close_listener();
+            }
+        }
         match outcome {
             AcceptOutcome::Accepted(sock) => return self.admit(sock),
             AcceptOutcome::WouldBlock if draining => self.close_listener(),
@@ -386,11 +412,37 @@ impl<S> Dispatcher<S> {
         None
     }
 
+    /// Outcome of [`Action::MeasureBacklog`]: how many connections the accept queue held when the
+    /// worker took the stop (`None`: the kernel could not tell, so the queue is accepted until it
+    /// reads empty).
+    pub fn handle_backlog(&mut self, queued: Option<usize>) {
+        self.take_in_flight(Op::MeasureBacklog);
+        if let Listener::Draining { left, .. } = &mut self.listener {
+            *left = queued;
+            if queued == Some(0) {
+                self.close_listener();
+            }
+        }
+    }
+
+    /// Outcome of [`Action::MeasureInput`]: how many bytes had arrived on this connection when the
+    /// worker took the stop (`None`: the kernel could not tell, so none are owed).
+    pub fn handle_queued_input(&mut self, token: Token, queued: Option<usize>) {
+        self.take_in_flight(Op::MeasureInput(token));
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.on_cut(queued.unwrap_or(0) as u64);
+        }
+        // Work before any edge: the echo of what arrived, or our FIN.
+        self.queue_if_work(token);
+    }
+
     /// Outcome of [`Action::Register`]; a connection that cannot be registered is closed.
     pub fn handle_register(&mut self, token: Token, registered: bool) {
         self.take_in_flight(Op::Register(token));
-        if registered {
-            // After the stop a new connection has work (our FIN) before any edge.
+        if registered && self.phase != Phase::Running {
+            // Accepted from the queue the stop found: its cut is what it sent by its accept.
+            self.outbox.next = Some(Op::MeasureInput(token));
+        } else if registered {
             self.queue_if_work(token);
         } else {
             self.close(token, Cause::Unserved);
@@ -450,6 +502,10 @@ impl<S> Dispatcher<S> {
                 conn.on_data(n, asked);
                 if matches!(conn.output, Output::Shut(_)) {
                     self.counts.add(Counter::BytesDiscarded, n as u64);
+                } else if conn.output == Output::Expired {
+                    // Arrived before the stop, too late to be echoed.
+                    self.counts.add(Counter::BytesRead, n as u64);
+                    self.counts.add(Counter::BytesDropped, n as u64);
                 } else if conn.pending.is_empty() && conn.output == Output::Open {
                     self.counts.add(Counter::BytesRead, n as u64);
                     self.outbox.next = Some(Op::Write(token, Source::Scratch(n)));
@@ -460,7 +516,7 @@ impl<S> Dispatcher<S> {
                     note_pending(conn, cap, &mut self.counts);
                 }
             }
-            ReadOutcome::Eof => conn.input = Input::Ended,
+            ReadOutcome::Eof => conn.on_eof(),
             ReadOutcome::WouldBlock => conn.on_would_block(),
             ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
             ReadOutcome::Failed(why) => conn.fail(why),
@@ -736,17 +792,20 @@ impl<S> Dispatcher<S> {
     fn close_all_at_deadline(&mut self) {
         self.close_listener();
         for token in self.conns.tokens() {
-            // A connection that failed is closed for its error, whenever that happens.
-            let failed = self
-                .conns
-                .get(token)
-                .is_some_and(|c| matches!(c.output, Output::Failed(_)));
-            let cause = if failed {
-                Cause::Error
-            } else {
-                Cause::Deadline
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
             };
-            self.close(token, cause);
+            if matches!(conn.output, Output::Failed(_)) {
+                // A connection that failed is closed for its error, whenever that happens.
+                self.close(token, Cause::Error);
+            } else if conn.owed.is_some_and(|owed| owed > 0) {
+                // Input that arrived before the stop is read out first, so the close sends no
+                // reset; it is dropped.
+                conn.output = Output::Expired;
+                self.queue_if_work(token);
+            } else {
+                self.close(token, Cause::Deadline);
+            }
         }
     }
 
@@ -808,7 +867,7 @@ impl<S> Dispatcher<S> {
     fn listener_can_accept(&self) -> bool {
         match self.listener {
             Listener::Open { backlog, .. } => backlog && !self.timers.is_set(Timer::AcceptRetry),
-            Listener::Draining { .. } => true,
+            Listener::Draining { left, .. } => left != Some(0),
             Listener::Closed => false,
         }
     }
@@ -880,6 +939,7 @@ impl<S> Dispatcher<S> {
             Some(Step::Close) => {
                 let cause = match conn.output {
                     Output::Failed(_) => Cause::Error,
+                    Output::Expired => Cause::Deadline,
                     Output::Shut(_) => Cause::Delivered,
                     Output::Open | Output::Blocked => Cause::Orderly,
                 };
@@ -901,6 +961,10 @@ impl<S> Dispatcher<S> {
             }
             Some(Step::CheckDelivery) => {
                 self.outbox.next = Some(Op::Delivery(token));
+                true
+            }
+            Some(Step::MeasureInput) => {
+                self.outbox.next = Some(Op::MeasureInput(token));
                 true
             }
             Some(Step::Read(_)) if reads_left == 0 => false,

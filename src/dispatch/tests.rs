@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::outbuf::OutBuf;
-use super::timers::{MAX_ACCEPT_BACKOFF, MIN_ACCEPT_BACKOFF};
+use super::timers::MIN_ACCEPT_BACKOFF;
 use super::*;
 use crate::report::Derived;
 
@@ -178,11 +178,33 @@ impl Shell {
         assert_eq!(self.d.handle_accept(outcome), None);
     }
 
-    /// After the stop: the listener finds its queue empty, then closes.
-    fn drain_backlog(&mut self) {
-        expect!(self, Action::Accept);
-        assert_eq!(self.d.handle_accept(AcceptOutcome::WouldBlock), None);
-        assert_eq!(self.d.poll_action(), Some(Action::CloseListener));
+    /// The stop, with nothing queued at the cut: no connection in the accept queue and no input
+    /// on any connection; the listener closes.
+    fn stop(&mut self) {
+        self.d.handle_stop();
+        self.cut(0, &[]);
+    }
+
+    /// Answers the stop's questions: `backlog` connections in the accept queue, `input[token]`
+    /// bytes on each connection (none if not listed). Returns once the questions are answered:
+    /// with an empty queue once the listener is closed, else with the first accept issued.
+    fn cut(&mut self, backlog: usize, input: &[(Token, usize)]) {
+        assert_eq!(self.d.poll_action(), Some(Action::MeasureBacklog));
+        self.d.handle_backlog(Some(backlog));
+        loop {
+            match self.d.poll_action() {
+                Some(Action::MeasureInput(t)) => {
+                    let n = input.iter().find(|(i, _)| *i == t).map_or(0, |(_, n)| *n);
+                    self.d.handle_queued_input(t, Some(n));
+                }
+                Some(Action::CloseListener) if backlog == 0 => return,
+                other if backlog > 0 => {
+                    assert_eq!(other, Some(Action::Accept), "the queue is accepted next");
+                    return;
+                }
+                other => panic!("expected the stop's cut, got {other:?}"),
+            }
+        }
     }
 
     /// After the stop: our FIN goes to `token`, its input reads empty, and the round ends.
@@ -805,8 +827,7 @@ fn every_descriptor_the_core_closes_is_counted() {
     s.event(c, ERROR);
     s.expect_close();
     s.idle();
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     let r = s.d.report();
     // The connection, the listener, the epoll instance and the wake-up channel.
@@ -857,33 +878,136 @@ fn stale_tokens_are_ignored_after_slot_reuse() {
 // ----- shutdown (DESIGN 9, 10) -----
 
 #[test]
-fn stop_accepts_what_is_queued_then_closes_the_listener() {
+fn stop_accepts_the_connections_queued_at_the_stop_and_echoes_what_they_sent() {
     let mut s = Shell::new(small());
     s.d.handle_stop();
-    // Handshakes the kernel completed wait in the queue: accept them rather than have them reset.
+    // Two handshakes the kernel completed wait in the queue: accept them rather than have them
+    // reset, and no more (under steady load the queue never reads empty).
+    s.cut(2, &[]);
+    let first = s.accepted();
+    // Its cut is what it sent by its accept: echoed like any byte read before the stop.
+    assert_eq!(s.d.poll_action(), Some(Action::MeasureInput(first)));
+    s.d.handle_queued_input(first, Some(3));
     expect!(s, Action::Accept);
-    let late = s.accepted();
-    s.accept_fails(AcceptOutcome::WouldBlock);
-    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+    let second =
+        s.d.handle_accept(AcceptOutcome::Accepted(9))
+            .expect("admitted");
+    assert_eq!(
+        s.d.poll_action(),
+        Some(Action::CloseListener),
+        "the last one queued at the stop"
+    );
+    assert_eq!(s.d.poll_action(), Some(Action::Register(second)));
+    s.d.handle_register(second, true);
+    assert_eq!(s.d.poll_action(), Some(Action::MeasureInput(second)));
+    s.d.handle_queued_input(second, Some(0));
     s.idle();
-    // The late connection gets the stop's treatment: our FIN, then its input is read.
-    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(late)));
-    assert_eq!(s.expect_read(late), 8);
-    s.give(late, b"req");
-    s.expect_read(late);
-    s.d.handle_read(late, ReadOutcome::WouldBlock);
+    s.read(first, b"req");
+    s.write(first, b"req", 3);
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(first)));
+    s.expect_read(first);
+    s.d.handle_read(first, ReadOutcome::WouldBlock);
+    assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(second)));
+    s.expect_read(second);
+    s.d.handle_read(second, ReadOutcome::WouldBlock);
     s.idle();
-    s.event(Token::LISTENER, READABLE);
-    s.advance(MAX_ACCEPT_BACKOFF);
     s.deliver_all();
     let r = s.d.report();
     assert_eq!(
-        s.counts([Counter::Accepted, Counter::BytesDiscarded]),
-        [1, 3]
+        s.counts([
+            Counter::Accepted,
+            Counter::BytesRead,
+            Counter::BytesWritten,
+            Counter::BytesDiscarded
+        ]),
+        [2, 3, 3, 0]
     );
     assert_eq!(r[Counter::DeadlineCloses], 0, "{r}");
-    // Listener, connection, epoll and waker.
-    assert_eq!(r[Counter::DescriptorsClosed], 4, "{r}");
+    // Listener, two connections, epoll and waker.
+    assert_eq!(r[Counter::DescriptorsClosed], 5, "{r}");
+}
+
+#[test]
+fn when_the_kernel_cannot_say_how_many_are_queued_the_queue_is_accepted_until_empty() {
+    let mut s = Shell::new(small());
+    s.d.handle_stop();
+    assert_eq!(s.d.poll_action(), Some(Action::MeasureBacklog));
+    s.d.handle_backlog(None);
+    expect!(s, Action::Accept);
+    let late = s.accepted();
+    assert_eq!(s.d.poll_action(), Some(Action::MeasureInput(late)));
+    s.d.handle_queued_input(late, None);
+    s.accept_fails(AcceptOutcome::WouldBlock);
+    assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
+}
+
+#[test]
+fn input_queued_behind_a_backpressure_pause_at_the_stop_is_all_echoed() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    // The cap is reached: reading stops, and 20 more bytes wait in the kernel.
+    s.event(c, READABLE);
+    s.read(c, &[1; 8]);
+    s.write(c, &[1; 8], 0);
+    s.idle();
+    s.d.handle_stop();
+    s.cut(0, &[(c, 20)]);
+    s.idle();
+    s.event(c, WRITABLE);
+    let (mut read, mut echoed) = (8, 0);
+    for _ in 0..100 {
+        match s.d.poll_action() {
+            Some(Action::Write(t)) => {
+                let n = s.d.write_target(t).1.len();
+                s.d.handle_write(t, WriteOutcome::Wrote(n));
+                echoed += n;
+            }
+            Some(Action::Read { token, len }) => {
+                assert!(read + len <= 28, "a read past the cut: {read} + {len}");
+                s.give(token, &vec![2; len]);
+                read += len;
+            }
+            Some(Action::ShutdownWrite(t)) if t == c => break,
+            // A round ended (the read budget): the next one goes on.
+            None => {}
+            other => panic!("expected the echo of what was owed, got {other:?}"),
+        }
+    }
+    assert_eq!((read, echoed), (28, 28));
+    assert_eq!(
+        s.counts([Counter::BytesRead, Counter::BytesWritten]),
+        [28, 28]
+    );
+}
+
+#[test]
+fn at_the_deadline_input_that_arrived_before_the_stop_is_read_out_and_dropped() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.read(c, &[1; 8]);
+    s.write(c, &[1; 8], 0);
+    s.idle();
+    s.d.handle_stop();
+    s.cut(0, &[(c, 12)]);
+    s.idle();
+    // The peer never reads: nothing can be echoed before the deadline.
+    s.advance(Duration::from_secs(1));
+    // Read out, so the close sends no reset, and counted as dropped.
+    assert_eq!(s.expect_read(c), 8);
+    s.give(c, &[2; 8]);
+    assert_eq!(s.expect_read(c), 4);
+    s.give(c, &[2; 4]);
+    s.expect_close();
+    assert_eq!(
+        s.counts([
+            Counter::BytesRead,
+            Counter::BytesDropped,
+            Counter::DeadlineCloses
+        ]),
+        [20, 20, 1]
+    );
+    assert!(s.d.report().balances());
 }
 
 #[test]
@@ -894,8 +1018,7 @@ fn stop_flushes_shuts_the_write_side_discards_input_and_closes_on_delivery() {
     s.read(c, b"abcd");
     s.write(c, b"abcd", 2);
     s.idle();
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     // New input is not echoed: nothing to do until the pending output can go.
     s.event(c, READABLE);
     s.idle();
@@ -936,8 +1059,7 @@ fn stop_closes_a_connection_once_its_peer_acknowledged_every_byte() {
     let mut s = Shell::new(small());
     let c = s.open();
     s.echo(c, b"hi");
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     s.shut(c);
     // No event announces the last acknowledgement: the core asks, soon, then less often.
     assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
@@ -972,8 +1094,7 @@ fn a_peer_that_keeps_sending_after_the_stop_cannot_put_off_the_delivery_check() 
     let mut s = Shell::new(small());
     let c = s.open();
     s.echo(c, b"hi");
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     s.shut(c);
     let mut wait = Duration::from_millis(1);
     for _ in 0..5 {
@@ -1009,8 +1130,7 @@ fn drain_deadline_closes_what_remains_and_counts_what_the_kernel_says() {
     s.write(stuck, b"abcdef", 3);
     s.idle();
     s.echo(silent, b"zz");
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     s.shut(silent);
     // Until the deadline: the silent peer never acknowledges anything.
     let deadline = s.now + Duration::from_secs(1);
@@ -1058,8 +1178,7 @@ fn an_error_at_the_deadline_is_counted_as_an_error_close() {
     let mut s = Shell::new(small());
     let c = s.open();
     s.echo(c, b"hey");
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     s.shut(c);
     // The error and the deadline come in the same turn, before the failed connection is closed.
     s.event(c, ERROR);
@@ -1134,8 +1253,7 @@ fn an_orderly_close_outside_a_stop_counts_what_is_unacknowledged_as_in_flight() 
 fn a_half_closed_peer_at_the_stop_gets_our_fin_and_waits_for_delivery() {
     let mut s = Shell::new(small());
     let c = s.open();
-    s.d.handle_stop();
-    s.drain_backlog();
+    s.stop();
     // Its FIN arrives after the stop: it still gets our FIN, then delivery decides.
     s.event(c, RDHUP);
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
@@ -1158,10 +1276,10 @@ fn a_half_closed_peer_with_echo_unacknowledged_at_the_stop_is_not_closed_until_d
     // The stop comes between the read that finds EOF and the close.
     s.d.handle_stop();
     s.d.handle_read(c, ReadOutcome::Eof);
+    s.cut(0, &[]);
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
-    // The listener, queued by the stop, takes its turn in the next round.
     s.idle();
-    s.drain_backlog();
+    // The listener's turn, queued by the stop, finds it closed.
     s.idle();
     let deadline = s.now + Duration::from_secs(1);
     while s.d.poll_timeout() < Some(deadline) {
@@ -1213,8 +1331,12 @@ fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     s.idle();
     s.d.handle_stop();
+    s.cut(1, &[]);
     // Still out of descriptors: what remains queued cannot be accepted.
-    s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
+    assert_eq!(
+        s.d.handle_accept(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors)),
+        None
+    );
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
     s.shut_and_drained(c);
     s.event(c, ERROR);
@@ -1238,13 +1360,9 @@ fn poll_timeout_is_the_earliest_timer_or_now_when_work_is_queued() {
     s.idle();
     assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
     s.d.handle_stop();
-    // Stop drops the back-off and accepts the queue first.
-    assert_eq!(
-        s.d.poll_timeout(),
-        Some(s.now),
-        "the queue is accepted first"
-    );
-    s.drain_backlog();
+    // Stop drops the back-off and takes its cut first.
+    assert_eq!(s.d.poll_timeout(), Some(s.now), "the cut is taken first");
+    s.cut(0, &[]);
     s.shut_and_drained(c);
     // The delivery check comes before the drain deadline.
     assert_eq!(s.timeout_in(), Some(Duration::from_millis(1)));
@@ -1257,7 +1375,7 @@ fn is_finished_only_after_stop_and_the_shell_closed() {
     assert!(!s.d.is_stopping());
     s.d.handle_stop();
     assert!(s.d.is_stopping());
-    s.drain_backlog();
+    s.cut(0, &[]);
     assert!(!s.d.is_finished(), "the shell is not closed yet");
     assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
     assert!(s.d.is_finished());

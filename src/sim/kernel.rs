@@ -49,9 +49,9 @@ pub enum Rule {
     Cap,
     /// An operation on a closed or never-accepted socket, or the closed listener.
     ClosedOp,
-    /// An accept after the stop; a FIN before it; an echo read after it; a close during the stop,
-    /// before the deadline and without an error, of a connection whose peer had not acknowledged
-    /// every byte.
+    /// An accept after the stop beyond the connections queued when it came; a FIN before it; an
+    /// echo read past the stop's cut; a close during the stop, before the deadline and without an
+    /// error, of a connection whose peer had not acknowledged every byte.
     Stop,
 }
 
@@ -438,6 +438,11 @@ impl<E: Entropy> Kernel<E> {
             if self.stop_at.is_none() {
                 self.stop_at = Some(self.now());
                 self.note(Ev::Stop { at: self.now() });
+                // The cut: what arrived on each open socket is owed an echo; connections queued
+                // now are owed what they sent by their accept.
+                for l in self.links.iter_mut().filter(|l| l.is_open()) {
+                    l.audit.cut = Some(l.up.sent.len() as u64);
+                }
             }
         }
         self.note(Ev::Wait {
@@ -550,6 +555,10 @@ impl<E: Entropy> Kernel<E> {
             return errno(libc::ECONNABORTED);
         }
         self.links[link].stage = Stage::Open;
+        if self.stop_at.is_some() {
+            let l = &mut self.links[link];
+            l.audit.cut = Some(l.up.sent.len() as u64);
+        }
         self.open_fds += 1;
         self.counts.accepted += 1;
         self.touch(link);
@@ -606,12 +615,6 @@ impl<E: Entropy> Kernel<E> {
     }
 
     fn read_inner(&mut self, link: usize, buf: &mut [u8]) -> io::Result<usize> {
-        if self.stop_at.is_some() && !self.links[link].write_shut {
-            self.violate(
-                Rule::Stop,
-                format!("socket {link} read for echo after the stop"),
-            );
-        }
         if self.fault(Fault::ReadEintr) {
             return errno(libc::EINTR);
         }
@@ -656,6 +659,13 @@ impl<E: Entropy> Kernel<E> {
             }
         }
         let cap = self.setup.max_pending as u64;
+        let expired = self.past_deadline();
+        let l = &mut self.links[link];
+        let past_cut = l.audit.cut.filter(|&cut| (l.up.read + k) as u64 > cut);
+        if let (Some(cut), false, false) = (past_cut, l.write_shut, expired) {
+            let what = format!("socket {link} read for echo past the stop's cut at byte {cut}");
+            self.violate(Rule::Stop, what);
+        }
         let l = &mut self.links[link];
         buf[..k].copy_from_slice(l.up.take(k));
         if l.write_shut {
@@ -663,7 +673,8 @@ impl<E: Entropy> Kernel<E> {
         } else {
             l.audit.echo_read += k as u64;
             let held = l.audit.echo_read - l.audit.written;
-            if held > cap {
+            // Past the deadline what is read is dropped, not held.
+            if held > cap && !expired {
                 self.violate(
                     Rule::Cap,
                     format!("socket {link}: {held} bytes read and not written, over the cap {cap}"),
@@ -854,7 +865,10 @@ impl<E: Entropy> Kernel<E> {
         self.listener.open = false;
         self.counts.closes += 1;
         self.epoll.ready.retain(|(t, _)| *t != Token::LISTENER);
-        let waiting = self.listener.backlog.len();
+        let links = &self.links;
+        let waiting = (self.listener.backlog.iter())
+            .filter(|&&l| !links[l].audit.after_stop)
+            .count();
         let excused = self.listener.exhausted || self.past_deadline() || self.setup.drain.is_zero();
         if waiting > 0 && !excused {
             self.violate(
@@ -874,6 +888,32 @@ impl<E: Entropy> Kernel<E> {
     pub fn clear_wake(&mut self) {
         assert!(self.epoll.waker, "clear_wake without a wake-up");
         self.epoll.waker = false;
+    }
+
+    /// `FIONREAD`: bytes queued on the socket, past any urgent mark.
+    pub fn queued_input(&mut self, sock: &SimSocket) -> io::Result<usize> {
+        self.op();
+        let Some(link) = self.live(sock, "queued_input") else {
+            return errno(libc::EBADF);
+        };
+        let queued = self.links[link].up.queued();
+        self.note(Ev::QueuedInput(link, queued));
+        Ok(queued)
+    }
+
+    /// The listener's accept queue: connections waiting in the backlog.
+    pub fn queued_connections(&mut self) -> io::Result<usize> {
+        self.op();
+        if !self.listener.open {
+            self.violate(
+                Rule::ClosedOp,
+                "queued_connections on the closed listener".into(),
+            );
+            return errno(libc::EBADF);
+        }
+        let queued = self.listener.backlog.len();
+        self.note(Ev::QueuedConnections(queued));
+        Ok(queued)
     }
 
     /// `tcpi_bytes_acked`: what the client's kernel acknowledged of the output, our FIN counted
@@ -963,8 +1003,9 @@ impl<E: Entropy> Kernel<E> {
             return Err(Refused::Full);
         }
         let link = self.links.len();
-        self.links
-            .push(Link::new(rcv_cap, snd_cap, write_space, window));
+        let mut new = Link::new(rcv_cap, snd_cap, write_space, window);
+        new.audit.after_stop = self.stop_at.is_some();
+        self.links.push(new);
         self.listener.backlog.push_back(link);
         self.raise(Token::LISTENER, Readiness::READABLE);
         self.note(Ev::Connect(link));
@@ -1296,6 +1337,14 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
 
     fn acked(&mut self, sock: &SimSocket) -> io::Result<u64> {
         self.kernel.acked(sock)
+    }
+
+    fn queued_input(&mut self, sock: &SimSocket) -> io::Result<usize> {
+        self.kernel.queued_input(sock)
+    }
+
+    fn queued_connections(&mut self) -> io::Result<usize> {
+        self.kernel.queued_connections()
     }
 
     fn close_shell(&mut self) {

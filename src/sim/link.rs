@@ -161,6 +161,11 @@ pub struct Audit {
     pub acked_at_close: Option<u64>,
     /// When the kernel last told the worker that not every byte written was acknowledged.
     pub told_unacked_at: u64,
+    /// The stop's cut: how much the client had sent when the worker took the stop (or, queued in
+    /// the backlog then, when it was accepted). All of it is owed an echo before the deadline.
+    pub cut: Option<u64>,
+    /// The client connected after the worker took the stop: the kernel may refuse it.
+    pub after_stop: bool,
 }
 
 /// One connection.

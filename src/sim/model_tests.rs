@@ -387,6 +387,10 @@ impl Model {
     }
 
     fn check_cap(&mut self) {
+        if self.kernel().past_deadline() {
+            // What is read past the deadline is dropped at once, never held.
+            return;
+        }
         let cap = self.cap as u64;
         let over: Vec<(usize, u64)> = self
             .kernel()
@@ -492,9 +496,31 @@ impl Model {
                 ));
             }
         }
+        found.extend(self.lost_before_the_cut());
         for what in found {
             self.violate(Prop::Echo, what);
         }
+    }
+
+    /// Connections closed during the stop, before the deadline and without an error, whose input
+    /// that arrived before the stop was not all echoed.
+    fn lost_before_the_cut(&self) -> Vec<String> {
+        let k = self.kernel();
+        (0..k.links.len())
+            .filter_map(|i| {
+                let l = &k.links[i];
+                let judged = l.stage == Stage::Closed
+                    && !l.audit.closed_before_stop
+                    && !l.audit.deadline_close
+                    && !l.audit.error_told
+                    && l.excluded.is_none();
+                let cut = l.audit.cut?;
+                let (read, echoed) = (l.audit.echo_read, l.audit.written);
+                (judged && (read < cut || echoed < read)).then(|| {
+                    format!("link {i}: {cut} bytes arrived before the stop, {read} read, {echoed} echoed")
+                })
+            })
+            .collect()
     }
 
     fn check_all_closed(&mut self) {

@@ -425,6 +425,13 @@ impl Network {
         );
         let (read, written) = (l.audit.echo_read, l.audit.written);
         assert_eq!(written, read, "{}", why("echo lost bytes the server read"));
+        if let (Some(cut), false) = (l.audit.cut, l.audit.error_told) {
+            assert!(
+                read >= cut,
+                "{}",
+                why("input that arrived before the stop was not echoed")
+            );
+        }
         let received = l.down.received as u64;
         assert_eq!(received, written, "{}", why("did not get what was written"));
         let client = &self.clients[self.owner[link]];

@@ -45,6 +45,10 @@ pub enum Ev {
     CloseListener,
     /// What the client's kernel acknowledged, as the worker was told.
     Acked(usize, u64),
+    /// Bytes queued on a socket, as the worker was told (the stop's cut).
+    QueuedInput(usize, usize),
+    /// Connections in the listener's queue, as the worker was told.
+    QueuedConnections(usize),
     CloseShell,
     ClientSend(usize, usize),
     ClientUrgent(usize, usize),

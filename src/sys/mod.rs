@@ -8,6 +8,8 @@ mod socket;
 mod waker;
 
 pub(crate) use shell::EpollShell;
+#[cfg(test)]
+pub(crate) use socket::{acked, find_connection, peer_window, unacked};
 pub(crate) use socket::{bind_listener, Claim};
 pub(crate) use waker::Waker;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::epoll::{Epoll, Events, Interest};
-use super::socket::{accept, acked, read, shutdown_write, write};
+use super::socket::{accept, accept_queue, acked, queued_input, read, shutdown_write, write};
 use super::Waker;
 use crate::dispatch::{Readiness, Token};
 use crate::io::Io;
@@ -103,6 +103,17 @@ impl Io for EpollShell {
 
     fn acked(&mut self, sock: &OwnedFd) -> io::Result<u64> {
         acked(sock.as_fd())
+    }
+
+    fn queued_input(&mut self, sock: &OwnedFd) -> io::Result<usize> {
+        queued_input(sock.as_fd())
+    }
+
+    fn queued_connections(&mut self) -> io::Result<usize> {
+        match &self.listener {
+            Some(l) => accept_queue(l.as_fd()),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
     }
 
     fn close_shell(&mut self) {

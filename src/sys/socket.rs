@@ -111,6 +111,58 @@ pub(crate) fn acked(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(info.tcpi_bytes_acked)
 }
 
+/// Bytes waiting in the connection's receive queue (`FIONREAD`, which Linux counts past an urgent
+/// mark where a read stops).
+pub(crate) fn queued_input(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to a live c_int.
+    syscall!(ioctl(
+        fd.as_raw_fd(),
+        libc::FIONREAD,
+        &mut queued as *mut libc::c_int
+    ))?;
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// Connections waiting in a listener's accept queue (`tcpi_unacked` of `TCP_INFO`, which a
+/// listening socket reports as its queue's length).
+pub(crate) fn accept_queue(listener: BorrowedFd<'_>) -> io::Result<usize> {
+    let (info, len) = tcp_info(listener)?;
+    let needed = mem::offset_of!(libc::tcp_info, tcpi_unacked) + mem::size_of::<u32>();
+    if len < needed {
+        return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    }
+    Ok(info.tcpi_unacked as usize)
+}
+
+/// A duplicate of this process's socket connected to `peer`, found among its descriptors: a
+/// library server runs in the test's own process, so a test can read the TCP state of the server's
+/// side of a connection with it. Drop it before the server closes the socket.
+#[cfg(test)]
+pub(crate) fn find_connection(peer: SocketAddr) -> Option<OwnedFd> {
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A descriptor that closed since the listing answers EBADF; one reused meanwhile is
+        // checked by its peer below like any other.
+        let Ok(dup) = syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)) else {
+            continue;
+        };
+        // SAFETY: fcntl just returned this new descriptor and nothing else owns it.
+        let sock = unsafe { OwnedFd::from_raw_fd(dup) };
+        let stream = std::net::TcpStream::from(sock);
+        if stream.peer_addr().is_ok_and(|a| a == peer) && stream.local_addr().is_ok() {
+            return Some(OwnedFd::from(stream));
+        }
+    }
+    None
+}
+
 /// `TCP_INFO`, and how many of its bytes this kernel filled in (older kernels know fewer fields;
 /// the rest stay zero).
 fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<(libc::tcp_info, usize)> {
@@ -429,6 +481,41 @@ mod tests {
         }
         assert!(wait_for(|| acked(server.as_fd()).unwrap() == written + 1));
         assert_eq!(unacked(server.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_cut_counts_queued_bytes_past_an_urgent_mark_and_queued_connections() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let addr = local_addr(&listener);
+        assert_eq!(accept_queue(listener.as_fd()).unwrap(), 0);
+        let mut clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        assert!(wait_for(|| accept_queue(listener.as_fd()).unwrap() == 3));
+        let server = loop {
+            match accept(listener.as_fd()) {
+                Ok(sock) => break sock,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert_eq!(accept_queue(listener.as_fd()).unwrap(), 2);
+        // 100 bytes, an urgent byte, 100 more: a read stops at the mark, FIONREAD does not.
+        clients[0].write_all(&[1; 100]).unwrap();
+        let flags = nix::sys::socket::MsgFlags::MSG_OOB;
+        nix::sys::socket::send(clients[0].as_raw_fd(), &[9], flags).unwrap();
+        clients[0].write_all(&[2; 100]).unwrap();
+        assert!(wait_for(|| queued_input(server.as_fd()).unwrap() == 201));
+        let mut buf = [0; 4096];
+        assert_eq!(
+            read(server.as_fd(), &mut buf).unwrap(),
+            100,
+            "stops at the mark"
+        );
+        assert_eq!(queued_input(server.as_fd()).unwrap(), 101);
+        clients.truncate(1);
     }
 
     #[test]

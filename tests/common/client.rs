@@ -241,3 +241,68 @@ impl Streamer {
         (ended, (rx, tx))
     }
 }
+
+/// A client whose receive buffer is fixed at `rcvbuf` bytes before it connects: its window is
+/// small and never autotuned, so a test knows the server's echo fills it.
+pub fn small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use nix::sys::socket::{
+        connect as connect_to, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+        SockaddrIn,
+    };
+    let SocketAddr::V4(v4) = addr else {
+        panic!("the tests' servers listen on 127.0.0.1, not {addr}");
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    setsockopt(&fd, sockopt::RcvBuf, &rcvbuf).expect("SO_RCVBUF");
+    connect_to(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))
+        .expect("connect to the server");
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set read timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set write timeout");
+    stream
+}
+
+/// Bytes the client's kernel holds unread: what it received and the client has not read.
+pub fn held_unread(stream: &TcpStream) -> usize {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0; 1 << 22];
+    let held = stream.peek(&mut buf).unwrap_or(0);
+    stream.set_nonblocking(false).expect("blocking");
+    held
+}
+
+/// What the client's kernel holds once it stops growing (no change over three looks 100 ms
+/// apart). Used only to pick the moment of the next step; the tests' verdicts compare the server's
+/// figures with it as a bound that holds whenever it is taken.
+pub fn settled_unread(stream: &TcpStream) -> usize {
+    let mut last = held_unread(stream);
+    let mut same = 0;
+    while same < 3 {
+        thread::sleep(Duration::from_millis(100));
+        let now = held_unread(stream);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// Closes with `SO_LINGER` 0: the close sends RST.
+pub fn reset(stream: TcpStream) {
+    let abort = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &abort)
+        .expect("SO_LINGER");
+    drop(stream);
+}
