@@ -279,12 +279,9 @@ mod tests {
         use std::io::{Read, Write};
         use std::os::fd::{AsFd, AsRawFd};
         use std::time::{Duration, Instant};
-        let config = Config {
-            addr: "127.0.0.1:0".parse().expect("address"),
-            workers: 1,
-            drain_timeout: Duration::from_secs(20),
-            ..Config::default()
-        };
+        let config = Config::new("127.0.0.1:0".parse().expect("address"))
+            .workers(1)
+            .drain_timeout(Duration::from_secs(20));
         let server = Server::start(config).expect("a loopback server");
         let client = nix::sys::socket::socket(
             nix::sys::socket::AddressFamily::Inet,
