@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::args::{count, positive_duration, positive_rate};
 use crate::job::Job;
 use crate::pattern::MAX_SLICE;
+use crate::report::Asked;
 use crate::target::{parse_target, Target};
 use crate::{compare, plot};
 use cli_duration::parse_duration;
@@ -191,37 +192,59 @@ const IDLE_MESSAGE: usize = 16;
 impl Command {
     /// The scenario these flags ask for; `None` for `compare` and `plot`, which run themselves.
     pub fn job(&self) -> Option<Job<'_>> {
-        Some(match self {
+        let (asked, target, output) = match self {
             Command::Compare(_) | Command::Plot(_) => return None,
-            Command::Ping(a) => Job {
-                conns: a.conns,
-                depth: a.depth,
-                size: a.size,
-                duration: a.phase.duration,
-                warmup: a.phase.warmup,
-                ..Job::new("ping", &a.target, &a.output)
-            },
-            Command::Stream(a) => Job {
-                conns: a.conns,
-                size: a.size,
-                rate: Some(a.rate),
-                duration: a.phase.duration,
-                warmup: a.phase.warmup,
-                ..Job::new("stream", &a.target, &a.output)
-            },
-            Command::Churn(a) => Job {
-                size: a.size,
-                duration: a.phase.duration,
-                warmup: a.phase.warmup,
-                ..Job::new("churn", &a.target, &a.output)
-            },
-            Command::Idle(a) => Job {
-                conns: a.conns,
-                size: IDLE_MESSAGE,
-                duration: a.duration,
-                ..Job::new("idle", &a.target, &a.output)
-            },
+            Command::Ping(a) => {
+                let asked = Asked {
+                    conns: a.conns,
+                    depth: a.depth,
+                    size: a.size,
+                    ..a.phase.asked("ping")
+                };
+                (asked, &a.target, &a.output)
+            }
+            Command::Stream(a) => {
+                let asked = Asked {
+                    conns: a.conns,
+                    size: a.size,
+                    rate: Some(a.rate),
+                    ..a.phase.asked("stream")
+                };
+                (asked, &a.target, &a.output)
+            }
+            Command::Churn(a) => {
+                let asked = Asked {
+                    size: a.size,
+                    ..a.phase.asked("churn")
+                };
+                (asked, &a.target, &a.output)
+            }
+            Command::Idle(a) => {
+                let asked = Asked {
+                    conns: a.conns,
+                    size: IDLE_MESSAGE,
+                    duration: a.duration,
+                    ..Asked::of("idle")
+                };
+                (asked, &a.target, &a.output)
+            }
+        };
+        Some(Job {
+            asked,
+            target,
+            output,
         })
+    }
+}
+
+impl Phase {
+    /// A `kind` run measured and warmed up as these flags say.
+    fn asked(&self, kind: &'static str) -> Asked {
+        Asked {
+            duration: self.duration,
+            warmup: self.warmup,
+            ..Asked::of(kind)
+        }
     }
 }
 

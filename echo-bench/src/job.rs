@@ -10,39 +10,15 @@ use std::time::Duration;
 use crate::cli::{Output, TargetArgs};
 use crate::load::Spec;
 use crate::pattern::Pattern;
-use crate::report::{self, RunInfo};
+use crate::report::{self, Asked, RunInfo};
 use crate::stats::RunResult;
 use crate::{churn, idle, load};
 
 /// One scenario run as asked on the command line.
 pub struct Job<'a> {
-    pub kind: &'static str,
+    pub asked: Asked,
     pub target: &'a TargetArgs,
     pub output: &'a Output,
-    pub conns: usize,
-    pub depth: usize,
-    pub size: usize,
-    pub rate: Option<f64>,
-    pub duration: Duration,
-    pub warmup: Duration,
-}
-
-impl<'a> Job<'a> {
-    /// A `kind` run with one connection, one message in flight, no rate and no time yet: each
-    /// scenario sets what its flags say.
-    pub fn new(kind: &'static str, target: &'a TargetArgs, output: &'a Output) -> Self {
-        Job {
-            kind,
-            target,
-            output,
-            conns: 1,
-            depth: 1,
-            size: 0,
-            rate: None,
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-        }
-    }
 }
 
 /// Creates an output file before the run, so a bad path fails before the load rather than after.
@@ -61,10 +37,10 @@ impl Job<'_> {
         let mut export = out.export_json.as_deref().map(create).transpose()?;
         let mut hdr = out.hdr_log.as_deref().map(create).transpose()?;
         let spec = self.spec()?;
-        let result = match self.kind {
-            "ping" | "stream" => load::run_load(&spec, pattern, self.kind),
-            "churn" => churn::run_churn(&spec, pattern, self.kind),
-            _ => idle::run_idle(&spec, pattern, self.kind),
+        let result = match self.asked.kind {
+            "ping" | "stream" => load::run_load(&spec, pattern, self.asked.kind),
+            "churn" => churn::run_churn(&spec, pattern, self.asked.kind),
+            _ => idle::run_idle(&spec, pattern, self.asked.kind),
         }
         .map_err(|e| e.to_string())?;
         let info = self.info(spec.addr);
@@ -89,12 +65,12 @@ impl Job<'_> {
             .map_err(|e| e.to_string())?;
         Ok(Spec {
             addr,
-            conns: self.conns,
-            depth: self.depth,
-            size: self.size,
-            duration: self.duration,
-            warmup: self.warmup,
-            rate: self.rate,
+            conns: self.asked.conns,
+            depth: self.asked.depth,
+            size: self.asked.size,
+            duration: self.asked.duration,
+            warmup: self.asked.warmup,
+            rate: self.asked.rate,
             sources: target.sources,
             server_pid: out.server_pid,
             intervals: out.hdr_log.is_some(),
@@ -105,15 +81,9 @@ impl Job<'_> {
     /// What the reports say about the run.
     fn info(&self, addr: SocketAddr) -> RunInfo {
         RunInfo {
-            kind: self.kind,
+            asked: self.asked,
             target: self.target.addr.text.clone(),
             addr,
-            conns: if self.kind == "churn" { 1 } else { self.conns },
-            depth: self.depth,
-            size: self.size,
-            rate: self.rate,
-            duration: self.duration,
-            warmup: self.warmup,
         }
     }
 }

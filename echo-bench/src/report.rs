@@ -21,18 +21,42 @@ pub const PERCENTILES: [f64; 10] = [
     0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0,
 ];
 
-/// What was asked for, to describe a run beside what it measured.
-pub struct RunInfo {
+/// What was asked for: the scenario and the shape of its load.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
     pub kind: &'static str,
-    /// The target as given (`localhost:8080`) and the address used.
-    pub target: String,
-    pub addr: SocketAddr,
     pub conns: usize,
+    /// Messages in flight per connection (closed loop).
     pub depth: usize,
     pub size: usize,
+    /// Open loop: messages per second over all connections.
     pub rate: Option<f64>,
     pub duration: Duration,
     pub warmup: Duration,
+}
+
+impl Asked {
+    /// A `kind` run with one connection, one message in flight, no rate and no time yet: each
+    /// scenario sets what its flags say.
+    pub fn of(kind: &'static str) -> Asked {
+        Asked {
+            kind,
+            conns: 1,
+            depth: 1,
+            size: 0,
+            rate: None,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+        }
+    }
+}
+
+/// What was asked for and against whom, to describe a run beside what it measured.
+pub struct RunInfo {
+    pub asked: Asked,
+    /// The target as given (`localhost:8080`) and the address used.
+    pub target: String,
+    pub addr: SocketAddr,
 }
 
 /// Three significant digits: `1.23`, `12.3`, `123`.
@@ -121,24 +145,24 @@ fn fmt_duration(d: Duration) -> String {
 pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     let mut out = format!(
         "{} {}: {}\n{}\n\n",
-        info.kind,
+        info.asked.kind,
         target(info),
         what(info),
         phase(info, r)
     );
     let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<12} {value}\n"));
-    let (unit, noun) = match info.kind {
+    let (unit, noun) = match info.asked.kind {
         "churn" => ("conns/s", "connections, each echo checked"),
         "idle" => ("msgs/s", "first messages echoed, every byte checked"),
         _ => ("msgs/s", "messages echoed, every byte checked"),
     };
     line("messages", format!("{} {noun}", fmt_count(r.msgs)));
-    if info.kind != "idle" {
+    if info.asked.kind != "idle" {
         line("rate", format!("{} {unit}", fmt_rate(r.msgs_per_s())));
         line("throughput", format!("{} MB/s", sig3(r.mb_per_s())));
     }
     line("latency", latency(r));
-    let counted_from = match info.kind {
+    let counted_from = match info.asked.kind {
         "stream" => Some("from each message's scheduled send time (open loop)"),
         "churn" => Some("a whole connection: connect, echo, close"),
         "idle" => Some("of the first echo, during the set-up burst"),
@@ -176,15 +200,18 @@ fn target(info: &RunInfo) -> String {
 
 /// What the scenario did, in one line.
 fn what(info: &RunInfo) -> String {
-    let (conns, size) = (fmt_count(info.conns as u64), fmt_count(info.size as u64));
-    match info.kind {
+    let (conns, size) = (
+        fmt_count(info.asked.conns as u64),
+        fmt_count(info.asked.size as u64),
+    );
+    match info.asked.kind {
         "ping" => format!(
             "{conns} connections, {} in flight each, {size} B messages",
-            info.depth
+            info.asked.depth
         ),
         "stream" => format!(
             "{} msgs/s scheduled over {conns} connections, {size} B messages",
-            fmt_rate(info.rate.unwrap_or(0.0))
+            fmt_rate(info.asked.rate.unwrap_or(0.0))
         ),
         "churn" => format!("connect, echo {size} B, close; one connection after another"),
         _ => format!("{conns} connections held, each echoing one {size} B message first"),
@@ -193,17 +220,17 @@ fn what(info: &RunInfo) -> String {
 
 /// How long was measured, after what warm-up (or, idle: how long the connections took to open).
 fn phase(info: &RunInfo, r: &RunResult) -> String {
-    match info.kind {
+    match info.asked.kind {
         "idle" => format!(
             "connections opened in {:.2} s, then held for {}",
-            (r.secs - info.duration.as_secs_f64()).max(0.0),
-            fmt_duration(info.duration)
+            (r.secs - info.asked.duration.as_secs_f64()).max(0.0),
+            fmt_duration(info.asked.duration)
         ),
-        _ if info.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
+        _ if info.asked.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
         _ => format!(
             "measured {:.2} s after {} of warm-up",
             r.secs,
-            fmt_duration(info.warmup)
+            fmt_duration(info.asked.warmup)
         ),
     }
 }
@@ -305,12 +332,12 @@ pub fn distribution_json(hist: &Histogram<u64>) -> Value {
 /// The run as a JSON object with what was asked for; with `full`, the latency distribution too.
 pub fn run_json(info: &RunInfo, r: &RunResult, full: bool) -> Value {
     let mut v = r.to_json(&[
-        ("kind", info.kind.into()),
+        ("kind", info.asked.kind.into()),
         ("target", info.target.clone().into()),
         ("addr", info.addr.to_string().into()),
-        ("rate", info.rate.into()),
-        ("duration_secs", info.duration.as_secs_f64().into()),
-        ("warmup_secs", info.warmup.as_secs_f64().into()),
+        ("rate", info.asked.rate.into()),
+        ("duration_secs", info.asked.duration.as_secs_f64().into()),
+        ("warmup_secs", info.asked.warmup.as_secs_f64().into()),
     ]);
     if let (true, Some(h), Some(map)) = (full, &r.hist, v.as_object_mut()) {
         map.insert("latency_distribution".into(), distribution_json(h));
@@ -332,7 +359,7 @@ pub fn write_hdr_log(w: &mut impl Write, info: &RunInfo, r: &RunResult) -> io::R
     let mut builder = IntervalLogWriterBuilder::new();
     builder.add_comment(&format!(
         "[echo-bench {} {}: latency in nanoseconds, Interval_Max in milliseconds]",
-        info.kind, info.addr
+        info.asked.kind, info.addr
     ));
     if let Some(t) = r.began_at {
         builder.with_start_time(t).with_base_time(t);
@@ -346,7 +373,7 @@ pub fn write_hdr_log(w: &mut impl Write, info: &RunInfo, r: &RunResult) -> io::R
         let h: Histogram<u64> = Deserializer::new()
             .deserialize(&mut &iv.encoded[..])
             .map_err(|e| io::Error::other(format!("interval histogram: {e:?}")))?;
-        log.write_histogram(&h, iv.start, iv.length, Tag::new(info.kind))
+        log.write_histogram(&h, iv.start, iv.length, Tag::new(info.asked.kind))
             .map_err(|e| io::Error::other(e.to_string()))?;
     }
     Ok(())
@@ -358,15 +385,17 @@ mod tests {
 
     fn info(kind: &'static str) -> RunInfo {
         RunInfo {
-            kind,
+            asked: Asked {
+                conns: 50,
+                depth: 16,
+                size: 64,
+                rate: Some(10_000.0),
+                duration: Duration::from_secs(3),
+                warmup: Duration::from_millis(500),
+                ..Asked::of(kind)
+            },
             target: "localhost:8080".into(),
             addr: "127.0.0.1:8080".parse().expect("literal"),
-            conns: 50,
-            depth: 16,
-            size: 64,
-            rate: Some(10_000.0),
-            duration: Duration::from_secs(3),
-            warmup: Duration::from_millis(500),
         }
     }
 
