@@ -6,6 +6,8 @@ WORKDIR /src
 # invalidates. Each workspace member needs its manifest and a placeholder target.
 COPY Cargo.toml Cargo.lock ./
 COPY echo-bench/Cargo.toml echo-bench/
+# The binary's duration parser: a small crate of its own, copied whole (it rarely changes).
+COPY cli-duration cli-duration
 RUN mkdir -p src echo-bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -6,14 +6,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dispatch::{ConnLimit, Settings};
-use crate::server::StartError;
+use crate::error::StartError;
 
 /// The longest drain or idle timeout: longer is surely a typo, and every deadline the core computes
 /// stays far from the end of what time can express.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How to run the server.
+///
+/// Built from [`Config::new`] (or [`Config::default`], which listens on `[::]:8080`) and the
+/// methods named after the fields, each taking and returning the config:
+///
+/// ```
+/// use std::time::Duration;
+/// use epoll_echo::Config;
+///
+/// let config = Config::new("127.0.0.1:0".parse().unwrap())
+///     .workers(2)
+///     .drain_timeout(Duration::from_secs(5));
+/// assert_eq!(config.workers, 2);
+/// ```
+///
+/// The fields stay public to read and to assign; the struct is `#[non_exhaustive]` so that a new
+/// setting is not a breaking change, which is why it cannot be written as a literal outside this
+/// crate.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the same for every worker). The default,
     /// `[::]:8080`, serves IPv4 and IPv6 clients, or IPv4 alone on a host without IPv6.
@@ -34,10 +52,6 @@ pub struct Config {
     /// listener that closes resets the connections in its own queue unless
     /// `net.ipv4.tcp_migrate_req` is 1.
     pub reuse_port: bool,
-    /// Test machinery: worker `.0` panics once it has accepted `.1` connections.
-    #[cfg(feature = "sim")]
-    #[doc(hidden)]
-    pub fail_worker: Option<(usize, u64)>,
 }
 
 impl Default for Config {
@@ -51,13 +65,68 @@ impl Default for Config {
             max_conns: None,
             idle_timeout: core.idle_timeout,
             reuse_port: false,
-            #[cfg(feature = "sim")]
-            fail_worker: None,
         }
     }
 }
 
 impl Config {
+    /// The defaults, listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Config {
+        Config {
+            addr,
+            ..Config::default()
+        }
+    }
+
+    /// Sets [`Config::addr`].
+    #[must_use]
+    pub fn addr(mut self, addr: SocketAddr) -> Config {
+        self.addr = addr;
+        self
+    }
+
+    /// Sets [`Config::workers`].
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Config {
+        self.workers = workers;
+        self
+    }
+
+    /// Sets [`Config::max_pending`].
+    #[must_use]
+    pub fn max_pending(mut self, bytes: usize) -> Config {
+        self.max_pending = bytes;
+        self
+    }
+
+    /// Sets [`Config::drain_timeout`].
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Config {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::max_conns`].
+    #[must_use]
+    pub fn max_conns(mut self, limit: Option<usize>) -> Config {
+        self.max_conns = limit;
+        self
+    }
+
+    /// Sets [`Config::idle_timeout`].
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Config {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::reuse_port`].
+    #[must_use]
+    pub fn reuse_port(mut self, share: bool) -> Config {
+        self.reuse_port = share;
+        self
+    }
+
     /// Checks every setting and turns them into the core's settings: the one place a `Config` is
     /// validated.
     pub(crate) fn settings(&self) -> Result<Settings, StartError> {

@@ -9,13 +9,14 @@
 //! - `worker` joins the two over the `io::Io` trait; `server` starts, stops and joins workers,
 //!   with `shutdown` coordinating the stop.
 //! - `sim` (tests, and the `sim` feature) is the simulated kernel the same worker loop runs over;
-//!   `fuzzing` holds the fuzz harness bodies.
+//!   `fuzzing` holds the fuzz harness bodies, `failing` a server with a worker that fails on purpose.
 //!
 //! Warnings go through the `log` facade; the binary installs the logger.
 #![deny(unsafe_code)]
 
 mod config;
 mod dispatch;
+mod error;
 mod io;
 mod report;
 mod server;
@@ -27,12 +28,16 @@ mod worker;
 
 #[cfg(feature = "sim")]
 #[doc(hidden)]
+pub mod failing;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
 pub mod fuzzing;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
 
 pub use config::{Config, MAX_TIMEOUT};
+pub use error::StartError;
 pub use report::{Counter, Derived, ParseError, Report};
-pub use server::{Server, StartError};
+pub use server::Server;
 pub use stats::LiveStats;

@@ -15,7 +15,7 @@ use cmd::metrics::{self, Metrics, Sample};
 use cmd::notify;
 use cmd::output::Output;
 use cmd::signals::{Request, Signals};
-use epoll_echo::{Counter, Derived, LiveStats, Report, Server, StartError};
+use epoll_echo::{Config, Counter, Derived, LiveStats, Report, Server, StartError};
 use nix::sys::signal::Signal;
 
 /// How often the main thread looks at the workers' health while it waits for a signal.
@@ -120,6 +120,15 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     }
 }
 
+/// Starts the server; a test build (the `sim` feature) first reads `EPOLL_ECHO_FAIL_WORKER`.
+fn start_server(config: Config) -> Result<Server, StartError> {
+    #[cfg(feature = "sim")]
+    if let Some((worker, after)) = cmd::flags::planted_failure() {
+        return epoll_echo::failing::start(config, worker, after);
+    }
+    Server::start(config)
+}
+
 /// Binds the metrics address, starts the server, then serves the metrics; `None` after logging
 /// why one of them failed.
 fn start(cli: &Cli) -> Option<(Arc<Server>, Option<Metrics>)> {
@@ -133,7 +142,7 @@ fn start(cli: &Cli) -> Option<(Arc<Server>, Option<Metrics>)> {
         }
     };
     let config = cli.config();
-    let server = match Server::start(config.clone()) {
+    let server = match start_server(config.clone()) {
         Ok(server) => Arc::new(server),
         Err(e @ StartError::Bind { .. }) if in_use(&e) => {
             let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

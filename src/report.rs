@@ -17,7 +17,9 @@ enum Merge {
 macro_rules! counters {
     ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal, $merge:ident;)+) => {
         /// One counter of a [`Report`]. `Counter::ALL` lists them in the order they are shown.
+        /// Non-exhaustive: a new counter is not a breaking change.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
         pub enum Counter {
             $($(#[doc = $doc])+ $variant,)+
         }
@@ -101,8 +103,10 @@ counters! {
     WorkersFailed = "workers_failed", Sum;
 }
 
-/// A value computed from the counters, shown beside them but never stored.
+/// A value computed from the counters, shown beside them but never stored. Non-exhaustive: a new
+/// one is not a breaking change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Derived {
     /// Connections open: accepted minus closed.
     Active,

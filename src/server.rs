@@ -1,7 +1,6 @@
 //! The orchestrator: binds every listener and builds every worker's epoll before any thread runs
 //! (start-up is all-or-nothing), spawns the workers, watches them, and stops and joins them.
 
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -11,51 +10,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
+use crate::dispatch::Settings;
+use crate::error::StartError;
+#[cfg(feature = "sim")]
+use crate::failing::Planted;
+use crate::io::Io;
 use crate::report::{Counter, Report};
 use crate::shutdown::{Coordinator, Join, Wake};
 use crate::stats::{LiveStats, WorkerStats};
 use crate::sys::{bind_listener, Claim, EpollShell, Waker};
 use crate::worker::Worker;
-
-/// Why the server did not start. Nothing is left running or open when `start` returns one.
-#[derive(Debug)]
-pub enum StartError {
-    /// A setting is out of range.
-    InvalidConfig(&'static str),
-    /// The listening address could not be bound (in use, not local, not permitted).
-    Bind { addr: SocketAddr, source: io::Error },
-    /// Creating a worker's epoll instance or waker failed.
-    Setup(io::Error),
-    /// A worker thread could not be spawned.
-    Spawn(io::Error),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
-            StartError::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
-                write!(
-                    f,
-                    "cannot listen on {addr}: another socket already listens there"
-                )
-            }
-            StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            StartError::Setup(e) => write!(f, "cannot set up a worker: {e}"),
-            StartError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StartError::InvalidConfig(_) => None,
-            StartError::Bind { source, .. } => Some(source),
-            StartError::Setup(e) | StartError::Spawn(e) => Some(e),
-        }
-    }
-}
 
 struct WorkerWaker {
     index: usize,
@@ -96,14 +60,58 @@ impl Join for WorkerThread {
     }
 }
 
+/// What one worker thread is started with, besides its shell.
+struct Spawn {
+    index: usize,
+    settings: Settings,
+    stats: Arc<WorkerStats>,
+    failures: Arc<AtomicUsize>,
+}
+
+/// Without the `sim` feature no failure can be planted: the type has no value.
+#[cfg(not(feature = "sim"))]
+#[derive(Clone, Copy)]
+pub(crate) enum Planted {}
+
+impl Spawn {
+    /// Starts the worker on its own thread over `shell`, or over a shell that fails on purpose when
+    /// a test planted a failure in this worker: the one place test machinery reaches a worker.
+    fn over(
+        self,
+        shell: EpollShell,
+        planted: Option<Planted>,
+    ) -> io::Result<JoinHandle<Option<Report>>> {
+        #[cfg(feature = "sim")]
+        if let Some(p) = planted.filter(|p| p.worker == self.index) {
+            return self.thread(crate::failing::PanicAfter::new(shell, p.after));
+        }
+        // Irrefutable: `Planted` has no value here.
+        #[cfg(not(feature = "sim"))]
+        let None = planted;
+        self.thread(shell)
+    }
+
+    fn thread<I: Io + Send + 'static>(self, io: I) -> io::Result<JoinHandle<Option<Report>>>
+    where
+        I::Socket: Send,
+    {
+        let Spawn {
+            index,
+            settings,
+            stats,
+            failures,
+        } = self;
+        let worker = Worker::new(io, settings, Some(stats), true);
+        std::thread::Builder::new()
+            .name(format!("epoll-echo-{index}"))
+            .spawn(move || run_worker(index, worker, &failures))
+    }
+}
+
 /// Runs one worker on its own thread; a failure (an error or a panic) is logged at once, counted
 /// in `failures`, and ends the thread with no report. The worker's state unwinds with it, which
 /// closes its descriptors and gives back its connection-limit slots.
-fn run_worker<I: crate::io::Io>(
-    index: usize,
-    worker: Worker<I>,
-    failures: &AtomicUsize,
-) -> Option<Report> {
+fn run_worker<I: Io>(index: usize, worker: Worker<I>, failures: &AtomicUsize) -> Option<Report> {
     let why = match panic::catch_unwind(AssertUnwindSafe(|| worker.run())) {
         Ok(Ok(report)) => return Some(report),
         Ok(Err(e)) => format!("its wait for events failed: {e}"),
@@ -174,6 +182,11 @@ pub struct Server {
 impl Server {
     /// Binds every listener, then starts the workers. On error nothing is left running or open.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::launch(config, None)
+    }
+
+    /// [`Server::start`], with a worker that fails on purpose when a test planted one.
+    pub(crate) fn launch(config: Config, planted: Option<Planted>) -> Result<Server, StartError> {
         let settings = config.settings()?;
         let (listeners, local_addr) = bind_all(&config)?;
         let mut shells = Vec::with_capacity(config.workers);
@@ -188,19 +201,13 @@ impl Server {
         for (index, (waker, shell)) in shells.into_iter().enumerate() {
             let published = Arc::new(WorkerStats::default());
             stats.push(Arc::clone(&published));
-            let worker = Worker::new(shell, settings.clone(), Some(Arc::clone(&published)), true);
-            #[cfg(feature = "sim")]
-            let worker = worker.failing_after(
-                config
-                    .fail_worker
-                    .filter(|&(i, _)| i == index)
-                    .map(|(_, n)| n),
-            );
-            let failed = Arc::clone(&failures);
-            let spawned = std::thread::Builder::new()
-                .name(format!("epoll-echo-{index}"))
-                .spawn(move || run_worker(index, worker, &failed));
-            match spawned {
+            let spawn = Spawn {
+                index,
+                settings: settings.clone(),
+                stats: Arc::clone(&published),
+                failures: Arc::clone(&failures),
+            };
+            match spawn.over(shell, planted) {
                 Ok(handle) => workers.push((
                     WorkerWaker { index, waker },
                     WorkerThread {
@@ -272,12 +279,9 @@ mod tests {
         use std::io::{Read, Write};
         use std::os::fd::{AsFd, AsRawFd};
         use std::time::{Duration, Instant};
-        let config = Config {
-            addr: "127.0.0.1:0".parse().expect("address"),
-            workers: 1,
-            drain_timeout: Duration::from_secs(20),
-            ..Config::default()
-        };
+        let config = Config::new("127.0.0.1:0".parse().expect("address"))
+            .workers(1)
+            .drain_timeout(Duration::from_secs(20));
         let server = Server::start(config).expect("a loopback server");
         let client = nix::sys::socket::socket(
             nix::sys::socket::AddressFamily::Inet,

@@ -25,9 +25,6 @@ pub(crate) struct Worker<I: Io> {
     stats: Option<Arc<WorkerStats>>,
     /// When the last accept-failure warning was logged; `None` also when warnings are off.
     warned: Warnings,
-    /// Test machinery: panic once this many connections were accepted.
-    #[cfg(feature = "sim")]
-    fail_after: Option<u64>,
 }
 
 /// Rate-limited warnings about failing accepts; off for simulated and fuzzed runs, whose injected
@@ -51,16 +48,7 @@ impl<I: Io> Worker<I> {
             } else {
                 Warnings::Off
             },
-            #[cfg(feature = "sim")]
-            fail_after: None,
         }
-    }
-
-    /// Test machinery: the worker panics once it has accepted `n` connections.
-    #[cfg(feature = "sim")]
-    pub fn failing_after(mut self, n: Option<u64>) -> Self {
-        self.fail_after = n;
-        self
     }
 
     /// Runs until woken for shutdown and drained. Returns the report; an error only when waiting
@@ -92,14 +80,6 @@ impl<I: Io> Worker<I> {
         }
         if let Some(stats) = &self.stats {
             stats.publish(&self.core.report());
-        }
-        #[cfg(feature = "sim")]
-        if let Some(n) = self.fail_after {
-            let accepted = self.core.report()[crate::report::Counter::Accepted];
-            assert!(
-                accepted < n,
-                "a failure planted by a test, after {n} accepts"
-            );
         }
         Ok(self.core.is_finished())
     }

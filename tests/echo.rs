@@ -83,8 +83,7 @@ fn sixty_four_concurrent_connections_echo_random_payloads() {
 /// everything back while writing the rest. Returns the server's report.
 fn write_megabytes_before_reading(attempt: u64) -> epoll_echo::Report {
     const LEN: usize = 16 << 20;
-    let mut server_config = config(1);
-    server_config.max_pending = SMALL_CAP;
+    let server_config = config(1).max_pending(SMALL_CAP);
     let server = start(server_config);
     let mut stream = connect(server.local_addr());
     let data = Arc::new(payload(7 + attempt, LEN));
@@ -165,8 +164,7 @@ fn eof_while_output_is_pending_flushes_it_all_before_closing() {
     // not grow), far less than the cap: the server reads everything and our FIN while holding
     // megabytes it could not write yet.
     const LEN: usize = 12 << 20;
-    let mut server_config = config(1);
-    server_config.max_pending = 16 << 20;
+    let server_config = config(1).max_pending(16 << 20);
     let server = start(server_config);
     let mut stream = connect(server.local_addr());
     let data = payload(13, LEN);
@@ -196,8 +194,7 @@ fn reset(stream: TcpStream) {
 
 #[test]
 fn a_reset_peer_does_not_disturb_other_connections() {
-    let mut server_config = config(1);
-    server_config.max_pending = SMALL_CAP;
+    let server_config = config(1).max_pending(SMALL_CAP);
     let server = start(server_config);
     let addr = server.local_addr();
 
@@ -253,8 +250,7 @@ fn several_workers_share_one_port() {
 
 #[test]
 fn ipv6_loopback_echoes_when_the_machine_has_it() {
-    let mut server_config = config(2);
-    server_config.addr = "[::1]:0".parse().expect("IPv6 loopback address");
+    let server_config = config(2).addr("[::1]:0".parse().expect("IPv6 loopback address"));
     let server = match epoll_echo::Server::start(server_config) {
         Ok(server) => server,
         Err(StartError::Bind { source, .. })

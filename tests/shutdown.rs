@@ -20,7 +20,7 @@ use common::{
     config, connect, echoes, open_fds, payload, read_exact_chunked, read_to_eof, serial, start,
     stop, within, write_chunked, write_until_stalled, Rng, IO_TIMEOUT,
 };
-use epoll_echo::{Counter, Report, Server, StartError};
+use epoll_echo::{failing, Counter, Report, Server, StartError};
 
 /// A test of this process's descriptors: it runs alone, and when it ends no worker thread is left
 /// and the descriptors are those it began with.
@@ -148,9 +148,8 @@ fn stop_with_idle_and_busy_clients_closes_everything_it_opened() {
     const BUSY: u64 = 6;
     const WORKERS: usize = 3;
     let alone = Alone::begin();
-    let mut server_config = config(WORKERS);
     // Clients close as soon as they see EOF; the deadline is only a backstop.
-    server_config.drain_timeout = IO_TIMEOUT;
+    let server_config = config(WORKERS).drain_timeout(IO_TIMEOUT);
     let server = start(server_config);
     let addr = server.local_addr();
     wait_for_workers(WORKERS);
@@ -193,9 +192,9 @@ fn stop_with_idle_and_busy_clients_closes_everything_it_opened() {
 #[test]
 fn the_drain_deadline_closes_a_client_that_never_reads() {
     let alone = Alone::begin();
-    let mut server_config = config(1);
-    server_config.max_pending = 4096;
-    server_config.drain_timeout = Duration::from_millis(300);
+    let server_config = config(1)
+        .max_pending(4096)
+        .drain_timeout(Duration::from_millis(300));
     let server = start(server_config);
     let mut stuck = connect(server.local_addr());
     // Fill the path both ways so the server holds output it can never flush.
@@ -302,8 +301,7 @@ fn a_port_in_use_is_a_bind_error_and_leaves_nothing_open() {
     let alone = Alone::begin();
     // A listener without SO_REUSEPORT cannot share its port.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind a plain listener");
-    let mut server_config = config(3);
-    server_config.addr = taken.local_addr().expect("its address");
+    let server_config = config(3).addr(taken.local_addr().expect("its address"));
     match Server::start(server_config) {
         Err(StartError::Bind { addr, source }) => {
             assert_eq!(addr, taken.local_addr().expect("its address"));
@@ -315,8 +313,7 @@ fn a_port_in_use_is_a_bind_error_and_leaves_nothing_open() {
     drop(taken);
 
     // An address this machine does not have (TEST-NET-1) fails the same clean way.
-    let mut server_config = config(2);
-    server_config.addr = "192.0.2.1:0".parse().expect("address");
+    let server_config = config(2).addr("192.0.2.1:0".parse().expect("address"));
     assert!(matches!(
         Server::start(server_config),
         Err(StartError::Bind { .. })
@@ -334,8 +331,7 @@ fn an_invalid_config_is_refused_before_anything_opens() {
         Server::start(no_workers),
         Err(StartError::InvalidConfig(_))
     ));
-    let mut no_room = config(1);
-    no_room.max_pending = 0;
+    let no_room = config(1).max_pending(0);
     assert!(matches!(
         Server::start(no_room),
         Err(StartError::InvalidConfig(_))
@@ -347,11 +343,9 @@ fn an_invalid_config_is_refused_before_anything_opens() {
 #[test]
 fn a_failed_worker_is_counted_keeps_its_last_counts_and_gives_back_its_slots() {
     let alone = Alone::begin();
-    let mut server_config = config(2);
-    server_config.max_conns = Some(2);
     // Worker 0 panics as soon as it has accepted one connection.
-    server_config.fail_worker = Some((0, 1));
-    let server = start(server_config);
+    let server_config = config(2).max_conns(Some(2));
+    let server = failing::start(server_config, 0, 1).expect("server starts");
     let addr = server.local_addr();
     // Connections go to either worker; the first that reaches worker 0 ends it.
     for attempt in 0.. {

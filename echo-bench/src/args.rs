@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
 
-use crate::duration::parse_duration;
+use cli_duration::parse_duration;
 
 /// A whole number from `min` to `max`; anything else is a usage error.
 pub fn count(min: u64, max: u64) -> RangedU64ValueParser<usize> {

@@ -112,10 +112,34 @@ fn churn_once(
             format!("write: {}", describe(&e, spec.timeout)),
         ));
     }
+    if let Err((got, why)) = read_echo(&mut stream, buf, spec.timeout) {
+        return Err(lost(&stream, got, why));
+    }
+    let wrong = |stream: &TcpStream, why: String| {
+        Fault::Mismatch(format!("{}: {why}", conn_name(i, stream, spec.addr)))
+    };
+    if let Some(k) = pattern.first_mismatch(base, buf) {
+        return Err(wrong(&stream, format!("echoed a wrong byte at offset {k}")));
+    }
+    match bytes_after_echo(&mut stream, buf) {
+        Some(n) => Err(wrong(
+            &stream,
+            format!("sent {n} bytes after the echo of {size}, from offset {size}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads the whole echo into `buf`; on failure, how many bytes came and why the rest did not.
+fn read_echo(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<(), (usize, String)> {
     let mut got = 0;
-    while got < size {
+    while got < buf.len() {
         match stream.read(&mut buf[got..]) {
-            Ok(0) => return Err(lost(&stream, got, "closed by the server".into())),
+            Ok(0) => return Err((got, "closed by the server".into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
@@ -124,36 +148,30 @@ fn churn_once(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(lost(&stream, got, timed_out(spec.timeout)))
+                return Err((got, timed_out(timeout)))
             }
-            Err(e) => return Err(lost(&stream, got, format!("read: {e}"))),
+            Err(e) => return Err((got, format!("read: {e}"))),
         }
     }
-    let wrong = |stream: &TcpStream, why: String| {
-        Fault::Mismatch(format!("{}: {why}", conn_name(i, stream, spec.addr)))
-    };
-    if let Some(k) = pattern.first_mismatch(base, buf) {
-        return Err(wrong(&stream, format!("echoed a wrong byte at offset {k}")));
-    }
-    // Half-close: an echo server then closes, and any byte before its close follows the echo.
+    Ok(())
+}
+
+/// Half-closes, then waits briefly for the server's close: an echo server then closes, and any
+/// byte before its close follows the echo. Returns how many such bytes came, if any.
+fn bytes_after_echo(stream: &mut TcpStream, buf: &mut [u8]) -> Option<usize> {
     let after = stream
         .shutdown(Shutdown::Write)
         .and_then(|()| stream.set_read_timeout(Some(AFTER_ECHO)));
     if after.is_err() {
-        return Ok(());
+        return None;
     }
     loop {
         match stream.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                return Err(wrong(
-                    &stream,
-                    format!("sent {n} bytes after the echo of {size}, from offset {size}"),
-                ))
-            }
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // Still open after the wait, or reset: nothing followed the echo.
-            Err(_) => return Ok(()),
+            Err(_) => return None,
         }
     }
 }

@@ -337,39 +337,13 @@ fn plan(opts: &Options) -> Result<Plan, String> {
             return Err(format!("two servers are named {}", s.name));
         }
     }
-    let names = || {
-        servers
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let reference = match &opts.reference {
-        Some(r) => servers
-            .iter()
-            .position(|s| &s.name == r)
-            .ok_or_else(|| format!("--reference {r} is not compared (servers: {})", names()))?,
-        None => servers
-            .iter()
-            .position(|s| s.name == "epoll-ref")
-            .unwrap_or(0),
-    };
+    let reference = reference(opts.reference.as_deref(), &servers)?;
     let idle = if opts.quick {
         opts.idle_conns.min(2000)
     } else {
         opts.idle_conns
     };
-    let mut scenarios = scenarios(idle);
-    if let Some(only) = &opts.only {
-        let all: Vec<String> = scenarios.iter().map(|s| s.label.clone()).collect();
-        scenarios.retain(|s| s.label.contains(only.as_str()));
-        if scenarios.is_empty() {
-            return Err(format!(
-                "--only {only:?} matches no scenario (scenarios: {})",
-                all.join(", ")
-            ));
-        }
-    }
+    let scenarios = only(opts.only.as_deref(), scenarios(idle))?;
     let setups = match opts.setup {
         Some(SetupChoice::Both) => vec![SetupChoice::Pinned, SetupChoice::Unpinned],
         Some(one) => vec![one],
@@ -393,6 +367,39 @@ fn plan(opts: &Options) -> Result<Plan, String> {
         },
         setups,
     })
+}
+
+/// The index of the server named by `--reference`; without it epoll-ref, or else the first.
+fn reference(name: Option<&str>, servers: &[ServerSpec]) -> Result<usize, String> {
+    let Some(name) = name else {
+        return Ok(servers
+            .iter()
+            .position(|s| s.name == "epoll-ref")
+            .unwrap_or(0));
+    };
+    servers.iter().position(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        format!(
+            "--reference {name} is not compared (servers: {})",
+            names.join(", ")
+        )
+    })
+}
+
+/// The scenarios whose label contains `--only`'s text (all without it); none is an error.
+fn only(filter: Option<&str>, mut scenarios: Vec<Scenario>) -> Result<Vec<Scenario>, String> {
+    let Some(only) = filter else {
+        return Ok(scenarios);
+    };
+    let all: Vec<String> = scenarios.iter().map(|s| s.label.clone()).collect();
+    scenarios.retain(|s| s.label.contains(only));
+    if scenarios.is_empty() {
+        return Err(format!(
+            "--only {only:?} matches no scenario (scenarios: {})",
+            all.join(", ")
+        ));
+    }
+    Ok(scenarios)
 }
 
 pub fn run(opts: &Options, pattern: &Pattern) -> ExitCode {
@@ -476,9 +483,58 @@ fn compare(opts: &Options, plan: &Plan, pattern: &Pattern) -> io::Result<bool> {
     }
     let bin = release_dir()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target").join("echo-bench"));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    let started = SystemTime::now();
+    let (file, stem) = create_results(&dir, &format!("compare-{}", stamp(started)))?;
+    let jsonl_path = stem.with_extension("jsonl");
+    let md_path = stem.with_extension("md");
+    let mut files = Files {
+        runs: BufWriter::new(file),
+        tables: BufWriter::new(create_new(&md_path)?),
+    };
+    let command = typed_command();
+    writeln!(files.runs, "{}", meta_json(plan, started, &command, cpus))?;
+    let started = humantime::format_rfc3339_seconds(started);
+    writeln!(files.tables, "`{command}`, started {started}, {cpus} cpus")?;
+    let mut all_clean = true;
+    for setup in setups(plan, cpus) {
+        all_clean &= run_setup(&setup, plan, &bin, pattern, &mut files)?;
+    }
+    files.runs.flush()?;
+    files.tables.flush()?;
+    drop(files);
+    let svg_path = stem.with_extension("svg");
+    let plotted = match crate::plot::plot_file(&jsonl_path, &svg_path) {
+        Ok(()) => format!(", plot in {}", svg_path.display()),
+        Err(e) => {
+            eprintln!("echo-bench: no plot: {e}");
+            String::new()
+        }
+    };
+    eprintln!(
+        "echo-bench: runs in {}, tables in {}{plotted}",
+        jsonl_path.display(),
+        md_path.display()
+    );
+    Ok(all_clean)
+}
+
+/// Where a comparison writes: every run and median as a JSON line, every table as Markdown.
+struct Files {
+    runs: BufWriter<File>,
+    tables: BufWriter<File>,
+}
+
+/// The setups asked for, on this machine's `cpus`: pinned puts the server on the first CPU and the
+/// client on the last; unpinned lets both use every CPU.
+fn setups(plan: &Plan, cpus: usize) -> Vec<Setup> {
     let all: Vec<usize> = (0..cpus).collect();
-    let setups: Vec<Setup> = plan
-        .setups
+    plan.setups
         .iter()
         .map(|choice| match choice {
             SetupChoice::Unpinned => Setup {
@@ -494,131 +550,120 @@ fn compare(opts: &Options, plan: &Plan, pattern: &Pattern) -> io::Result<bool> {
                 client_cpus: vec![cpus.saturating_sub(1)],
             },
         })
-        .collect();
-    let dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| root.join("target").join("echo-bench"));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
-    let started = SystemTime::now();
-    let (file, stem) = create_results(&dir, &format!("compare-{}", stamp(started)))?;
-    let jsonl_path = stem.with_extension("jsonl");
-    let md_path = stem.with_extension("md");
-    let svg_path = stem.with_extension("svg");
-    let mut md = BufWriter::new(create_new(&md_path)?);
-    let mut out = BufWriter::new(file);
-    let ref_name = plan.servers[plan.reference].name.as_str();
-    // As typed, quoted so it can be pasted back into a shell.
+        .collect()
+}
+
+/// The command as typed, quoted so it can be pasted back into a shell.
+fn typed_command() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = format!(
-        "echo-bench {}",
-        shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
-    );
-    writeln!(
-        out,
-        "{}",
-        json!({
-            "kind": "meta", "started": humantime::format_rfc3339_seconds(started).to_string(),
-            "command": command, "reference": ref_name, "rounds": plan.rounds,
-            "duration_secs": plan.duration.as_secs_f64(), "warmup_secs": plan.warmup.as_secs_f64(),
-            "cpus": cpus,
-            "servers": plan.servers.iter().map(|s| json!({
-                "name": s.name,
-                "command": match &s.launch { Launch::Builtin => Value::Null, Launch::Command(w) => json!(w) },
-            })).collect::<Vec<_>>(),
-        })
-    )?;
-    writeln!(
-        md,
-        "`{command}`, started {}, {cpus} cpus",
-        humantime::format_rfc3339_seconds(started)
-    )?;
-    let n = plan.servers.len();
-    let mut all_clean = true;
-    for setup in &setups {
-        let load_before = loadavg();
-        sys::set_affinity(0, &setup.client_cpus)?;
-        let mut table: Vec<(String, usize, Row)> = Vec::new();
-        for sc in &plan.scenarios {
-            let mut results: Vec<Run> = Vec::new();
-            for round in 0..plan.rounds {
-                for k in 0..n {
-                    let server = (k + round) % n;
-                    let spec = &plan.servers[server];
-                    let res =
-                        match run_one(sc, spec, &bin, setup, plan.duration, plan.warmup, pattern) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                eprintln!(
-                                    "echo-bench: {} {} {}: {e}",
-                                    setup.name, sc.label, spec.name
-                                );
-                                RunResult {
-                                    scenario: sc.label.clone(),
-                                    errors: 1,
-                                    first_error: Some(e.to_string()),
-                                    ..RunResult::default()
-                                }
-                            }
-                        };
-                    all_clean &= res.clean();
-                    let extra: [(&str, Value); 5] = [
-                        ("kind", "run".into()),
-                        ("setup", setup.name.into()),
-                        ("server", spec.name.clone().into()),
-                        ("round", round.into()),
-                        ("workers", setup.workers.into()),
-                    ];
-                    writeln!(out, "{}", res.to_json(&extra))?;
-                    results.push((round, server, res));
-                }
-            }
-            for (server, spec) in plan.servers.iter().enumerate() {
-                let row = summarize(server, plan.reference, &results);
-                writeln!(
-                    out,
-                    "{}",
-                    json!({
-                        "kind": "median", "setup": setup.name, "server": spec.name, "scenario": sc.label,
-                        "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": plan.rounds,
-                        "reference": ref_name,
-                        "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50,
-                        "p90_us": row.p90, "p99_us": row.p99, "p999_us": row.p999, "max_us": row.max,
-                        "server_cpu_ns_per_msg": row.cpu, "client_cpu_ns_per_msg": row.client_cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
-                        "x_ref": row.x_ref.map(|s| s.median), "x_ref_min": row.x_ref.map(|s| s.min),
-                        "x_ref_max": row.x_ref.map(|s| s.max), "cpu_x": row.cpu_x.map(|s| s.median),
-                        "cpu_x_min": row.cpu_x.map(|s| s.min), "cpu_x_max": row.cpu_x.map(|s| s.max),
-                        "p99_over_mean": row.tail, "errors": row.errors,
-                    })
-                )?;
-                table.push((sc.label.clone(), server, row));
-            }
+    let joined =
+        shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "));
+    format!("echo-bench {joined}")
+}
+
+/// The first line of the results: what was compared, how, and on what.
+fn meta_json(plan: &Plan, started: SystemTime, command: &str, cpus: usize) -> Value {
+    json!({
+        "kind": "meta", "started": humantime::format_rfc3339_seconds(started).to_string(),
+        "command": command, "reference": plan.servers[plan.reference].name.as_str(),
+        "rounds": plan.rounds,
+        "duration_secs": plan.duration.as_secs_f64(), "warmup_secs": plan.warmup.as_secs_f64(),
+        "cpus": cpus,
+        "servers": plan.servers.iter().map(|s| json!({
+            "name": s.name,
+            "command": match &s.launch { Launch::Builtin => Value::Null, Launch::Command(w) => json!(w) },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Every scenario on every server in one setup: each run and each median to the results, the
+/// table to stdout and the Markdown. False when a run had errors or mismatches.
+fn run_setup(
+    setup: &Setup,
+    plan: &Plan,
+    bin: &Path,
+    pattern: &Pattern,
+    files: &mut Files,
+) -> io::Result<bool> {
+    let load_before = loadavg();
+    sys::set_affinity(0, &setup.client_cpus)?;
+    let mut table: Vec<(String, usize, Row)> = Vec::new();
+    let mut clean = true;
+    for sc in &plan.scenarios {
+        let results = run_rounds(sc, setup, plan, bin, pattern, &mut files.runs)?;
+        clean &= results.iter().all(|(_, _, res)| res.clean());
+        for (server, spec) in plan.servers.iter().enumerate() {
+            let row = summarize(server, plan.reference, &results);
+            let median = median_json(setup, plan, sc, spec, &row);
+            writeln!(files.runs, "{median}")?;
+            table.push((sc.label.clone(), server, row));
         }
-        let text = format!(
-            "load average (1, 5, 15 min) before: {load_before}, after: {}\n\n{}",
-            loadavg(),
-            format_table(setup, plan, &table)
-        );
-        println!("\n{text}");
-        writeln!(md, "\n{text}")?;
     }
-    out.flush()?;
-    md.flush()?;
-    drop((out, md));
-    let plotted = match crate::plot::plot_file(&jsonl_path, &svg_path) {
-        Ok(()) => format!(", plot in {}", svg_path.display()),
-        Err(e) => {
-            eprintln!("echo-bench: no plot: {e}");
-            String::new()
-        }
-    };
-    eprintln!(
-        "echo-bench: runs in {}, tables in {}{plotted}",
-        jsonl_path.display(),
-        md_path.display()
+    let text = format!(
+        "load average (1, 5, 15 min) before: {load_before}, after: {}\n\n{}",
+        loadavg(),
+        format_table(setup, plan, &table)
     );
-    Ok(all_clean)
+    println!("\n{text}");
+    writeln!(files.tables, "\n{text}")?;
+    Ok(clean)
+}
+
+/// One scenario in interleaved rounds: each round runs every server once, starting one further
+/// along than the round before. Each run goes to `runs` as it ends; a run that could not start
+/// counts as one error.
+fn run_rounds(
+    sc: &Scenario,
+    setup: &Setup,
+    plan: &Plan,
+    bin: &Path,
+    pattern: &Pattern,
+    runs: &mut impl Write,
+) -> io::Result<Vec<Run>> {
+    let n = plan.servers.len();
+    let mut results: Vec<Run> = Vec::new();
+    for round in 0..plan.rounds {
+        for k in 0..n {
+            let server = (k + round) % n;
+            let spec = &plan.servers[server];
+            let res = run_one(sc, spec, bin, setup, plan.duration, plan.warmup, pattern)
+                .unwrap_or_else(|e| {
+                    eprintln!("echo-bench: {} {} {}: {e}", setup.name, sc.label, spec.name);
+                    RunResult {
+                        scenario: sc.label.clone(),
+                        errors: 1,
+                        first_error: Some(e.to_string()),
+                        ..RunResult::default()
+                    }
+                });
+            let extra: [(&str, Value); 5] = [
+                ("kind", "run".into()),
+                ("setup", setup.name.into()),
+                ("server", spec.name.clone().into()),
+                ("round", round.into()),
+                ("workers", setup.workers.into()),
+            ];
+            writeln!(runs, "{}", res.to_json(&extra))?;
+            results.push((round, server, res));
+        }
+    }
+    Ok(results)
+}
+
+/// One server's medians over the rounds of one scenario, as a results line.
+fn median_json(setup: &Setup, plan: &Plan, sc: &Scenario, spec: &ServerSpec, row: &Row) -> Value {
+    json!({
+        "kind": "median", "setup": setup.name, "server": spec.name, "scenario": sc.label,
+        "conns": sc.conns, "depth": sc.depth, "size": sc.size, "rounds": plan.rounds,
+        "reference": plan.servers[plan.reference].name.as_str(),
+        "msgs_per_s": row.msgs_per_s, "mb_per_s": row.mb_per_s, "p50_us": row.p50,
+        "p90_us": row.p90, "p99_us": row.p99, "p999_us": row.p999, "max_us": row.max,
+        "server_cpu_ns_per_msg": row.cpu, "client_cpu_ns_per_msg": row.client_cpu, "server_rss_peak": row.rss, "rss_per_conn": row.per_conn,
+        "x_ref": row.x_ref.map(|s| s.median), "x_ref_min": row.x_ref.map(|s| s.min),
+        "x_ref_max": row.x_ref.map(|s| s.max), "cpu_x": row.cpu_x.map(|s| s.median),
+        "cpu_x_min": row.cpu_x.map(|s| s.min), "cpu_x_max": row.cpu_x.map(|s| s.max),
+        "p99_over_mean": row.tail, "errors": row.errors,
+    })
 }
 
 /// The machine's load averages, since other work on it skews every figure.

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::report::fmt_count;
@@ -296,44 +296,127 @@ impl Engine<'_> {
 }
 
 /// Closed-loop ping-pong (`rate` unset) or open-loop streaming (`rate` set).
+impl<'a> Engine<'a> {
+    /// Connects every socket of the run and registers it with `epoll`, its index as its token.
+    fn connect(spec: &Spec, pattern: &'a Pattern, epoll: &Epoll) -> io::Result<Self> {
+        let streams = connect_all(spec, Instant::now() + SETUP_LIMIT)?;
+        let cap = if spec.rate.is_some() {
+            OPEN_LOOP_MAX_OUTSTANDING
+        } else {
+            spec.depth
+        };
+        let mut conns = Vec::with_capacity(streams.len());
+        for (i, stream) in streams.into_iter().enumerate() {
+            epoll.add(stream.as_fd(), i as u64, CONN_EVENTS)?;
+            conns.push(Conn {
+                stream,
+                base: Pattern::base(i),
+                tx: 0,
+                rx: 0,
+                target: 0,
+                issued: VecDeque::with_capacity(cap),
+                alive: true,
+                dirty: false,
+            });
+        }
+        Ok(Engine {
+            pattern,
+            addr: spec.addr,
+            conns,
+            size: spec.size.max(1) as u64,
+            buf: vec![0; MAX_SLICE],
+            start: Instant::now(),
+            measuring: false,
+        })
+    }
+
+    /// Closed loop: puts `depth` messages in flight on every connection.
+    fn fill_pipelines(&mut self, depth: usize, meter: &mut Meter) {
+        for i in 0..self.conns.len() {
+            Engine::issue(&mut self.conns[i], 0, depth, self.size);
+            self.flush(i, meter);
+        }
+    }
+
+    /// The run's result: the last deadlines checked, what never came back counted as lost.
+    fn finish(mut self, spec: &Spec, mut meter: Meter) -> RunResult {
+        self.expire(Instant::now(), spec.timeout, &mut meter);
+        self.account_lost(&mut meter);
+        let mut res = meter.finish(Instant::now());
+        (res.conns, res.depth, res.size) = (spec.conns, spec.depth, spec.size);
+        res
+    }
+
+    /// Serves the connections `events` name: reads and checks their echoes, in closed loop
+    /// (`reissue`) sends one message for each one completed, and writes what is owed.
+    fn handle(&mut self, events: &[libc::epoll_event], reissue: bool, meter: &mut Meter) {
+        for ev in events {
+            let i = ev.u64 as usize;
+            let completed = self.read(i, meter);
+            if reissue && completed > 0 {
+                let at = self.ns(Instant::now());
+                Engine::issue(&mut self.conns[i], at, completed, self.size);
+            }
+            self.flush(i, meter);
+        }
+    }
+}
+
+/// The open loop's schedule: message `k` is due `k / rate` seconds after the start, on connection
+/// `k mod conns`, whatever the server does.
+struct Pacer {
+    rate: f64,
+    /// Messages due so far, sent or counted as not sent.
+    sent: u64,
+    /// Connections given a message this turn, to write once each.
+    dirty: Vec<usize>,
+}
+
+impl Pacer {
+    fn next_due(&self, start: Instant) -> Instant {
+        start + Duration::from_secs_f64(self.sent as f64 / self.rate)
+    }
+
+    /// Issues every message due by now. Latency counts from the scheduled time, so a slow server
+    /// cannot hide its queueing delay. A message that finds its connection full (or failed) is
+    /// counted as not sent rather than skipped in silence.
+    fn send_due(&mut self, eng: &mut Engine, meter: &mut Meter) {
+        let elapsed = eng.start.elapsed().as_secs_f64();
+        let due = (elapsed * self.rate) as u64;
+        let nconns = eng.conns.len() as u64;
+        while self.sent < due && nconns > 0 {
+            let i = (self.sent % nconns) as usize;
+            let at = (self.sent as f64 / self.rate * 1e9) as u64;
+            let conn = &mut eng.conns[i];
+            if conn.alive && conn.issued.len() < OPEN_LOOP_MAX_OUTSTANDING {
+                Engine::issue(conn, at, 1, eng.size);
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(i);
+                }
+            } else {
+                meter.not_sent();
+            }
+            self.sent += 1;
+        }
+        for i in self.dirty.drain(..) {
+            eng.conns[i].dirty = false;
+            eng.flush(i, meter);
+        }
+    }
+}
+
 pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunResult> {
     let mut meter = Meter::new(label, spec.server_pid, spec.intervals);
-    let streams = connect_all(spec, Instant::now() + SETUP_LIMIT)?;
     let epoll = Epoll::new()?;
-    let cap = if spec.rate.is_some() {
-        OPEN_LOOP_MAX_OUTSTANDING
-    } else {
-        spec.depth
-    };
-    let mut conns = Vec::with_capacity(streams.len());
-    for (i, stream) in streams.into_iter().enumerate() {
-        epoll.add(stream.as_raw_fd(), i as u64, CONN_EVENTS)?;
-        conns.push(Conn {
-            stream,
-            base: Pattern::base(i),
-            tx: 0,
-            rx: 0,
-            target: 0,
-            issued: VecDeque::with_capacity(cap),
-            alive: true,
-            dirty: false,
-        });
-    }
-    let size = spec.size.max(1) as u64;
-    let mut eng = Engine {
-        pattern,
-        addr: spec.addr,
-        conns,
-        size,
-        buf: vec![0; MAX_SLICE],
-        start: Instant::now(),
-        measuring: false,
-    };
-    if spec.rate.is_none() {
-        for i in 0..eng.conns.len() {
-            Engine::issue(&mut eng.conns[i], 0, spec.depth.max(1), size);
-            eng.flush(i, &mut meter);
-        }
+    let mut eng = Engine::connect(spec, pattern, &epoll)?;
+    let mut pacer = spec.rate.map(|rate| Pacer {
+        rate,
+        sent: 0,
+        dirty: Vec::with_capacity(eng.conns.len()),
+    });
+    if pacer.is_none() {
+        eng.fill_pipelines(spec.depth.max(1), &mut meter);
     }
     let measure_from = eng.start + spec.warmup;
     let end = measure_from + spec.duration;
@@ -341,8 +424,6 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
     let grace_end = end + spec.timeout;
     let mut next_check = eng.start + DEADLINE_CHECK;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut dirty: Vec<usize> = Vec::with_capacity(eng.conns.len());
-    let mut sent_open = 0u64;
     loop {
         let now = Instant::now();
         let draining = now >= end;
@@ -370,56 +451,18 @@ pub fn run_load(spec: &Spec, pattern: &Pattern, label: &str) -> io::Result<RunRe
         let mut timeout = (until - now)
             .min(next_check.saturating_duration_since(now))
             .min(Duration::from_millis(50));
-        if let (Some(rate), false) = (spec.rate, draining) {
+        let pacing = pacer.as_mut().filter(|_| !draining);
+        if let Some(p) = &pacing {
             // Wake when the next message is due.
-            let next = eng.start + Duration::from_secs_f64(sent_open as f64 / rate);
-            timeout = timeout.min(next.saturating_duration_since(now));
+            timeout = timeout.min(p.next_due(eng.start).saturating_duration_since(now));
         }
         let n = epoll.wait(&mut events, timeout)?;
-        for ev in &events[..n] {
-            let i = ev.u64 as usize;
-            let completed = eng.read(i, &mut meter);
-            if spec.rate.is_none() && completed > 0 && !draining {
-                let at = eng.ns(Instant::now());
-                Engine::issue(&mut eng.conns[i], at, completed, size);
-            }
-            eng.flush(i, &mut meter);
-        }
-        if let (Some(rate), false) = (spec.rate, draining) {
-            // Messages are due on a fixed schedule; latency counts from the scheduled time, so a
-            // slow server cannot hide its queueing delay. A message that finds its connection
-            // full (or failed) is counted as not sent rather than skipped in silence.
-            let elapsed = eng.start.elapsed().as_secs_f64();
-            let due = (elapsed * rate) as u64;
-            let nconns = eng.conns.len() as u64;
-            while sent_open < due && nconns > 0 {
-                let i = (sent_open % nconns) as usize;
-                let at = (sent_open as f64 / rate * 1e9) as u64;
-                let conn = &mut eng.conns[i];
-                if conn.alive && conn.issued.len() < OPEN_LOOP_MAX_OUTSTANDING {
-                    Engine::issue(conn, at, 1, size);
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        dirty.push(i);
-                    }
-                } else {
-                    meter.not_sent();
-                }
-                sent_open += 1;
-            }
-            for i in dirty.drain(..) {
-                eng.conns[i].dirty = false;
-                eng.flush(i, &mut meter);
-            }
+        eng.handle(&events[..n], spec.rate.is_none() && !draining, &mut meter);
+        if let Some(p) = pacing {
+            p.send_due(&mut eng, &mut meter);
         }
     }
-    eng.expire(Instant::now(), spec.timeout, &mut meter);
-    eng.account_lost(&mut meter);
-    let mut res = meter.finish(Instant::now());
-    res.conns = spec.conns;
-    res.depth = spec.depth;
-    res.size = spec.size;
-    Ok(res)
+    Ok(eng.finish(spec, meter))
 }
 
 #[cfg(test)]

@@ -21,18 +21,42 @@ pub const PERCENTILES: [f64; 10] = [
     0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0,
 ];
 
-/// What was asked for, to describe a run beside what it measured.
-pub struct RunInfo {
+/// What was asked for: the scenario and the shape of its load.
+#[derive(Clone, Copy, Debug)]
+pub struct Asked {
     pub kind: &'static str,
-    /// The target as given (`localhost:8080`) and the address used.
-    pub target: String,
-    pub addr: SocketAddr,
     pub conns: usize,
+    /// Messages in flight per connection (closed loop).
     pub depth: usize,
     pub size: usize,
+    /// Open loop: messages per second over all connections.
     pub rate: Option<f64>,
     pub duration: Duration,
     pub warmup: Duration,
+}
+
+impl Asked {
+    /// A `kind` run with one connection, one message in flight, no rate and no time yet: each
+    /// scenario sets what its flags say.
+    pub fn of(kind: &'static str) -> Asked {
+        Asked {
+            kind,
+            conns: 1,
+            depth: 1,
+            size: 0,
+            rate: None,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+        }
+    }
+}
+
+/// What was asked for and against whom, to describe a run beside what it measured.
+pub struct RunInfo {
+    pub asked: Asked,
+    /// The target as given (`localhost:8080`) and the address used.
+    pub target: String,
+    pub addr: SocketAddr,
 }
 
 /// Three significant digits: `1.23`, `12.3`, `123`.
@@ -119,79 +143,26 @@ fn fmt_duration(d: Duration) -> String {
 
 /// The aligned summary of one run.
 pub fn summary(info: &RunInfo, r: &RunResult) -> String {
-    let mut out = String::new();
-    let target = if info.target == info.addr.to_string() {
-        info.target.clone()
-    } else {
-        format!("{} ({})", info.target, info.addr)
-    };
-    let what = match info.kind {
-        "ping" => format!(
-            "{} connections, {} in flight each, {} B messages",
-            fmt_count(info.conns as u64),
-            info.depth,
-            fmt_count(info.size as u64)
-        ),
-        "stream" => format!(
-            "{} msgs/s scheduled over {} connections, {} B messages",
-            fmt_rate(info.rate.unwrap_or(0.0)),
-            fmt_count(info.conns as u64),
-            fmt_count(info.size as u64)
-        ),
-        "churn" => format!(
-            "connect, echo {} B, close; one connection after another",
-            fmt_count(info.size as u64)
-        ),
-        _ => format!(
-            "{} connections held, each echoing one {} B message first",
-            fmt_count(info.conns as u64),
-            fmt_count(info.size as u64)
-        ),
-    };
-    out.push_str(&format!("{} {target}: {what}\n", info.kind));
-    let phase = match info.kind {
-        "idle" => format!(
-            "connections opened in {:.2} s, then held for {}",
-            (r.secs - info.duration.as_secs_f64()).max(0.0),
-            fmt_duration(info.duration)
-        ),
-        _ if info.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
-        _ => format!(
-            "measured {:.2} s after {} of warm-up",
-            r.secs,
-            fmt_duration(info.warmup)
-        ),
-    };
-    out.push_str(&format!("{phase}\n\n"));
+    let mut out = format!(
+        "{} {}: {}\n{}\n\n",
+        info.asked.kind,
+        target(info),
+        what(info),
+        phase(info, r)
+    );
     let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<12} {value}\n"));
-    let (unit, noun) = match info.kind {
+    let (unit, noun) = match info.asked.kind {
         "churn" => ("conns/s", "connections, each echo checked"),
         "idle" => ("msgs/s", "first messages echoed, every byte checked"),
         _ => ("msgs/s", "messages echoed, every byte checked"),
     };
     line("messages", format!("{} {noun}", fmt_count(r.msgs)));
-    if info.kind != "idle" {
+    if info.asked.kind != "idle" {
         line("rate", format!("{} {unit}", fmt_rate(r.msgs_per_s())));
         line("throughput", format!("{} MB/s", sig3(r.mb_per_s())));
     }
-    let us = |v: f64| fmt_ns(v * 1e3);
-    if r.msgs == 0 {
-        line("latency", "- (nothing was echoed while measuring)".into());
-    } else {
-        line(
-            "latency",
-            format!(
-                "p50 {}   p90 {}   p99 {}   p99.9 {}   max {}   (mean {})",
-                us(r.p50_us),
-                us(r.p90_us),
-                us(r.p99_us),
-                us(r.p999_us),
-                us(r.max_us),
-                us(r.mean_us)
-            ),
-        );
-    }
-    let counted_from = match info.kind {
+    line("latency", latency(r));
+    let counted_from = match info.asked.kind {
         "stream" => Some("from each message's scheduled send time (open loop)"),
         "churn" => Some("a whole connection: connect, echo, close"),
         "idle" => Some("of the first echo, during the set-up burst"),
@@ -209,6 +180,80 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     if r.not_sent > 0 {
         line("not sent", not_sent(r));
     }
+    if let Some(server) = server(r) {
+        line("server", server);
+    }
+    if let Some(cpu) = r.client_cpu_ns_per_msg {
+        line("client", format!("{} CPU per message", fmt_ns(cpu)));
+    }
+    out
+}
+
+/// The target as typed, with the address it resolved to when that differs.
+fn target(info: &RunInfo) -> String {
+    if info.target == info.addr.to_string() {
+        info.target.clone()
+    } else {
+        format!("{} ({})", info.target, info.addr)
+    }
+}
+
+/// What the scenario did, in one line.
+fn what(info: &RunInfo) -> String {
+    let (conns, size) = (
+        fmt_count(info.asked.conns as u64),
+        fmt_count(info.asked.size as u64),
+    );
+    match info.asked.kind {
+        "ping" => format!(
+            "{conns} connections, {} in flight each, {size} B messages",
+            info.asked.depth
+        ),
+        "stream" => format!(
+            "{} msgs/s scheduled over {conns} connections, {size} B messages",
+            fmt_rate(info.asked.rate.unwrap_or(0.0))
+        ),
+        "churn" => format!("connect, echo {size} B, close; one connection after another"),
+        _ => format!("{conns} connections held, each echoing one {size} B message first"),
+    }
+}
+
+/// How long was measured, after what warm-up (or, idle: how long the connections took to open).
+fn phase(info: &RunInfo, r: &RunResult) -> String {
+    match info.asked.kind {
+        "idle" => format!(
+            "connections opened in {:.2} s, then held for {}",
+            (r.secs - info.asked.duration.as_secs_f64()).max(0.0),
+            fmt_duration(info.asked.duration)
+        ),
+        _ if info.asked.warmup.is_zero() => format!("measured {:.2} s, no warm-up", r.secs),
+        _ => format!(
+            "measured {:.2} s after {} of warm-up",
+            r.secs,
+            fmt_duration(info.asked.warmup)
+        ),
+    }
+}
+
+/// The latency percentiles, or why there are none.
+fn latency(r: &RunResult) -> String {
+    if r.msgs == 0 {
+        return "- (nothing was echoed while measuring)".into();
+    }
+    let us = |v: f64| fmt_ns(v * 1e3);
+    format!(
+        "p50 {}   p90 {}   p99 {}   p99.9 {}   max {}   (mean {})",
+        us(r.p50_us),
+        us(r.p90_us),
+        us(r.p99_us),
+        us(r.p999_us),
+        us(r.max_us),
+        us(r.mean_us)
+    )
+}
+
+/// The server's CPU per message and memory, when they were measured.
+fn server(r: &RunResult) -> Option<String> {
     let mut server = Vec::new();
     if let Some(cpu) = r.server_cpu_ns_per_msg {
         server.push(format!("{} CPU per message", fmt_ns(cpu)));
@@ -219,13 +264,7 @@ pub fn summary(info: &RunInfo, r: &RunResult) -> String {
     if let Some(per) = r.rss_per_conn {
         server.push(format!("{} RSS per held connection", fmt_bytes(per)));
     }
-    if !server.is_empty() {
-        line("server", server.join(", "));
-    }
-    if let Some(cpu) = r.client_cpu_ns_per_msg {
-        line("client", format!("{} CPU per message", fmt_ns(cpu)));
-    }
-    out
+    (!server.is_empty()).then(|| server.join(", "))
 }
 
 /// What failed, counted, and the first failure in words.
@@ -293,12 +332,12 @@ pub fn distribution_json(hist: &Histogram<u64>) -> Value {
 /// The run as a JSON object with what was asked for; with `full`, the latency distribution too.
 pub fn run_json(info: &RunInfo, r: &RunResult, full: bool) -> Value {
     let mut v = r.to_json(&[
-        ("kind", info.kind.into()),
+        ("kind", info.asked.kind.into()),
         ("target", info.target.clone().into()),
         ("addr", info.addr.to_string().into()),
-        ("rate", info.rate.into()),
-        ("duration_secs", info.duration.as_secs_f64().into()),
-        ("warmup_secs", info.warmup.as_secs_f64().into()),
+        ("rate", info.asked.rate.into()),
+        ("duration_secs", info.asked.duration.as_secs_f64().into()),
+        ("warmup_secs", info.asked.warmup.as_secs_f64().into()),
     ]);
     if let (true, Some(h), Some(map)) = (full, &r.hist, v.as_object_mut()) {
         map.insert("latency_distribution".into(), distribution_json(h));
@@ -320,7 +359,7 @@ pub fn write_hdr_log(w: &mut impl Write, info: &RunInfo, r: &RunResult) -> io::R
     let mut builder = IntervalLogWriterBuilder::new();
     builder.add_comment(&format!(
         "[echo-bench {} {}: latency in nanoseconds, Interval_Max in milliseconds]",
-        info.kind, info.addr
+        info.asked.kind, info.addr
     ));
     if let Some(t) = r.began_at {
         builder.with_start_time(t).with_base_time(t);
@@ -334,7 +373,7 @@ pub fn write_hdr_log(w: &mut impl Write, info: &RunInfo, r: &RunResult) -> io::R
         let h: Histogram<u64> = Deserializer::new()
             .deserialize(&mut &iv.encoded[..])
             .map_err(|e| io::Error::other(format!("interval histogram: {e:?}")))?;
-        log.write_histogram(&h, iv.start, iv.length, Tag::new(info.kind))
+        log.write_histogram(&h, iv.start, iv.length, Tag::new(info.asked.kind))
             .map_err(|e| io::Error::other(e.to_string()))?;
     }
     Ok(())
@@ -346,15 +385,17 @@ mod tests {
 
     fn info(kind: &'static str) -> RunInfo {
         RunInfo {
-            kind,
+            asked: Asked {
+                conns: 50,
+                depth: 16,
+                size: 64,
+                rate: Some(10_000.0),
+                duration: Duration::from_secs(3),
+                warmup: Duration::from_millis(500),
+                ..Asked::of(kind)
+            },
             target: "localhost:8080".into(),
             addr: "127.0.0.1:8080".parse().expect("literal"),
-            conns: 50,
-            depth: 16,
-            size: 64,
-            rate: Some(10_000.0),
-            duration: Duration::from_secs(3),
-            warmup: Duration::from_millis(500),
         }
     }
 

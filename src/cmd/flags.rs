@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser};
 use epoll_echo::{Config, MAX_TIMEOUT};
 
 use super::address::{parse_bind, parse_socket};
-use super::duration::parse_duration;
+use cli_duration::parse_duration;
 
 /// What `--help` ends with: how to stop the server and what its exit status means.
 const AFTER_HELP: &str = "\
@@ -17,6 +17,13 @@ Signals:
                            peer holds every byte (or at --drain-timeout), print a summary
   the same signal again    within 500 ms: the same request; later: exit at once
   SIGUSR1                  print the live counters (one line per worker and a total) to stderr
+
+Environment:
+  RUST_LOG                 the log filter (default info); errors are written whatever it says
+  NOTIFY_SOCKET            set by systemd for Type=notify: READY=1 once listening, STOPPING=1
+  EPOLL_ECHO_FAIL_WORKER   a diagnostic: W:N makes worker W panic once it has accepted N
+                           connections, to try exit status 3; read only by test builds (the sim
+                           feature), ignored otherwise
 
 Exit status:
   0    stopped gracefully
@@ -142,38 +149,33 @@ impl Cli {
 
     /// The library's configuration for these flags.
     pub fn config(&self) -> Config {
-        let mut config = Config {
-            addr: match self.bind {
-                Some((IpAddr::V6(ip), scope)) => {
-                    SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
-                }
-                Some((ip, _)) => SocketAddr::new(ip, self.port),
-                None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
-            },
-            max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
-            drain_timeout: self.drain_timeout,
-            max_conns: self
-                .max_conns
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-            reuse_port: self.reuse_port,
-            ..Config::default()
+        let addr = match self.bind {
+            Some((IpAddr::V6(ip), scope)) => {
+                SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, scope))
+            }
+            Some((ip, _)) => SocketAddr::new(ip, self.port),
+            None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
         };
-        if let Some(n) = self.max_listeners {
-            config.workers = n as usize;
+        let config = Config::new(addr)
+            .max_pending(usize::try_from(self.max_pending).unwrap_or(usize::MAX))
+            .drain_timeout(self.drain_timeout)
+            .max_conns(
+                self.max_conns
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            )
+            .idle_timeout((!self.idle_timeout.is_zero()).then_some(self.idle_timeout))
+            .reuse_port(self.reuse_port);
+        match self.max_listeners {
+            Some(n) => config.workers(n as usize),
+            None => config,
         }
-        #[cfg(feature = "sim")]
-        {
-            config.fail_worker = planted_failure();
-        }
-        config
     }
 }
 
-/// Test machinery: `EPOLL_ECHO_FAIL_WORKER=W:N` makes worker W panic once it has accepted N
-/// connections. Only builds with the `sim` feature (the crate's own tests) read it.
+/// The `EPOLL_ECHO_FAIL_WORKER=W:N` diagnostic: worker W panics once it has accepted N connections.
+/// Only builds with the `sim` feature (the crate's own test builds) read it.
 #[cfg(feature = "sim")]
-fn planted_failure() -> Option<(usize, u64)> {
+pub fn planted_failure() -> Option<(usize, u64)> {
     let spec = std::env::var("EPOLL_ECHO_FAIL_WORKER").ok()?;
     let (worker, after) = spec.split_once(':')?;
     Some((worker.parse().ok()?, after.parse().ok()?))

@@ -3,7 +3,6 @@
 //! knows none of them.
 
 pub mod address;
-pub mod duration;
 pub mod flags;
 pub mod in_use;
 pub mod metrics;

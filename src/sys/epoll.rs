@@ -73,6 +73,7 @@ impl Events {
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers and only flags.
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: epoll_create1 just returned this descriptor and nothing else owns it.
         Ok(Epoll {

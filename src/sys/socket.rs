@@ -31,6 +31,7 @@ pub(crate) fn bind_listener(addr: SocketAddr, claim: Claim) -> io::Result<OwnedF
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket takes no pointers, only the family, the type with its flags, and the protocol.
     let fd = syscall!(socket(
         family,
         libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,

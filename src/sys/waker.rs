@@ -13,6 +13,7 @@ pub(crate) struct Waker {
 
 impl Waker {
     pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd takes no pointers, only an initial count and flags.
         let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
         // SAFETY: eventfd just returned this descriptor and nothing else owns it.
         Ok(Waker {

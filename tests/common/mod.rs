@@ -37,11 +37,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 
 /// A config for `127.0.0.1:0` with `workers` workers and otherwise the defaults.
 pub fn config(workers: usize) -> Config {
-    Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers,
-        ..Config::default()
-    }
+    Config::new(SocketAddr::from(([127, 0, 0, 1], 0))).workers(workers)
 }
 
 pub fn start(config: Config) -> Server {

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use clap::Parser;
 use socket2::{Domain, Socket, Type};
@@ -34,15 +34,16 @@ fn check(res: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_one(fd: RawFd, level: libc::c_int, name: libc::c_int) {
+fn set_one(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) {
     let one: libc::c_int = 1;
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a pointer to a live c_int and its exact size.
-    unsafe { libc::setsockopt(fd, level, name, (&one as *const libc::c_int).cast(), len) };
+    let one = (&one as *const libc::c_int).cast();
+    // SAFETY: the descriptor is open (borrowed); a pointer to a live c_int and its exact size.
+    unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, one, len) };
 }
 
 /// A non-blocking `SO_REUSEPORT` listener on `addr` (port 0: any); returns it and its address.
-fn listen(addr: SocketAddr) -> io::Result<(RawFd, SocketAddr)> {
+fn listen(addr: SocketAddr) -> io::Result<(OwnedFd, SocketAddr)> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     sock.set_nonblocking(true)?;
     sock.set_reuse_address(true)?;
@@ -53,27 +54,29 @@ fn listen(addr: SocketAddr) -> io::Result<(RawFd, SocketAddr)> {
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("the listener has no IP address"))?;
-    // The serving thread owns the descriptor from here on, for as long as the process lives.
-    Ok((sock.into_raw_fd(), local))
+    Ok((sock.into(), local))
 }
 
-fn add(ep: RawFd, fd: RawFd, data: u64, events: u32) -> io::Result<()> {
+fn add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, data: u64, events: u32) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: data };
-    // SAFETY: `ev` is live for the call; both descriptors are open.
+    let (ep, fd) = (ep.as_raw_fd(), fd.as_raw_fd());
+    // SAFETY: `ev` is live for the call; both descriptors are open (borrowed).
     check(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
     Ok(())
 }
 
-fn close(fd: RawFd) {
-    // SAFETY: `fd` is a connection this thread owns and never uses again.
-    unsafe { libc::close(fd) };
-}
-
 /// Writes all of `buf`, retrying until the kernel takes it; false when the connection failed.
-fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
+fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
-        // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        // SAFETY: the descriptor is open (borrowed); `buf` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
         if n >= 0 {
             buf = &buf[n as usize..];
         } else {
@@ -86,62 +89,80 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     true
 }
 
-fn serve(listener: RawFd) -> io::Result<()> {
+/// Accepts every queued connection and registers it edge-triggered for input, its descriptor as its
+/// token. From then on the connection belongs to the epoll loop, which closes it by that token.
+fn accept_all(ep: BorrowedFd<'_>, listener: BorrowedFd<'_>) {
+    loop {
+        // SAFETY: null address pointers are allowed; the listener is open (borrowed).
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_one(conn.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY);
+        let events = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        if add(ep, conn.as_fd(), fd as u64, events).is_ok() {
+            // Owned by the loop now, through its token; a failed registration closes it here.
+            let _ = conn.into_raw_fd();
+        }
+    }
+}
+
+/// Reads until `EAGAIN`, writing each chunk straight back; false when the connection is finished
+/// (end of input or an error) and must be closed.
+fn echo(fd: BorrowedFd<'_>, buf: &mut [u8]) -> bool {
+    loop {
+        // SAFETY: the descriptor is open (borrowed); `buf` is valid for writes of its length.
+        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r > 0 {
+            if !write_all(fd, &buf[..r as usize]) {
+                return false;
+            }
+        } else if r == 0 {
+            return false;
+        } else {
+            let e = io::Error::last_os_error().raw_os_error();
+            if e != Some(libc::EINTR) {
+                return e == Some(libc::EAGAIN);
+            }
+        }
+    }
+}
+
+fn serve(listener: OwnedFd) -> io::Result<()> {
     // SAFETY: epoll_create1 takes no pointers.
     let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-    add(ep, listener, LISTENER, libc::EPOLLIN as u32)?;
+    // SAFETY: epoll_create1 just returned this descriptor and nothing else owns it.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    add(ep.as_fd(), listener.as_fd(), LISTENER, libc::EPOLLIN as u32)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: `events` holds 256 writable entries.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 256, -1) };
+        // SAFETY: the epoll descriptor is open; `events` holds 256 writable entries.
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 256, -1) };
         if n < 0 {
             continue;
         }
         for ev in &events[..n as usize] {
             if ev.u64 == LISTENER {
-                loop {
-                    // SAFETY: null address pointers are allowed.
-                    let fd = unsafe {
-                        libc::accept4(
-                            listener,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        )
-                    };
-                    if fd < 0 {
-                        break;
-                    }
-                    set_one(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY);
-                    if add(ep, fd, fd as u64, (libc::EPOLLIN | libc::EPOLLET) as u32).is_err() {
-                        close(fd);
-                    }
-                }
+                accept_all(ep.as_fd(), listener.as_fd());
                 continue;
             }
             let fd = ev.u64 as RawFd;
-            loop {
-                // SAFETY: `buf` is valid for writes of its length.
-                let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                if r > 0 {
-                    if !write_all(fd, &buf[..r as usize]) {
-                        close(fd);
-                        break;
-                    }
-                } else if r == 0 {
-                    close(fd);
-                    break;
-                } else {
-                    let e = io::Error::last_os_error().raw_os_error();
-                    if e == Some(libc::EINTR) {
-                        continue;
-                    }
-                    if e != Some(libc::EAGAIN) {
-                        close(fd);
-                    }
-                    break;
-                }
+            // SAFETY: a connection's token is its descriptor, handed to the loop by accept_all and
+            // closed only just below, which also takes it out of the epoll set: it is open here.
+            let conn = unsafe { BorrowedFd::borrow_raw(fd) };
+            if !echo(conn, &mut buf) {
+                // SAFETY: the loop owns the descriptor (see above) and never uses it again.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Durations on the command line: `500ms`, `5s`, `1m`, `1h30m` (humantime's syntax) or a bare,
 //! possibly fractional number of seconds such as `2` or `0.5`.
 //!
-//! One file for both programs: echo-bench includes it by path, so the server and the load generator
-//! accept exactly the same text. It is self-contained for that reason.
+//! Its own crate so that the server's binary and the load generator depend on it and accept
+//! exactly the same text, while the server's library depends on neither.
 
 use std::time::Duration;
 
