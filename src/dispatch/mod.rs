@@ -16,7 +16,9 @@
 //! - [`table`]: the connections, in generational slots named by [`Token`]s.
 //! - [`conn`]: one connection's state and the one function that decides its next step.
 //! - [`scheduler`]: the ready queue, rounds, turns and budgets.
-//! - [`timers`]: accept back-off, idle sweep and drain deadline in one table.
+//! - [`timers`]: accept back-off, idle sweep, delivery checks and drain deadline in one table.
+//! - [`idle`]: the idle clock; [`limit`]: the server-wide connection limit; [`outbuf`]: pending
+//!   output; [`interface`]: the vocabulary between the core and the shell.
 //! - This file: the decisions that join them, and the counting.
 //!
 //! # Decisions it owns
@@ -32,7 +34,11 @@
 //!   only EOF proves it) or the per-turn budget; a connection that used its budget goes to the back
 //!   of the ready queue. The listener takes turns the same way.
 //! - **Half-close.** EOF from the peer: flush the pending output, then close (the receive queue is
-//!   empty, so the close sends FIN, never RST).
+//!   empty, so the close sends FIN, never RST); what the peer has not acknowledged yet is counted
+//!   as in flight. During a stop a finished peer is served like any other (below).
+//! - **Every close asks the kernel** what the peer acknowledged (`MeasureAndClose`), unless nothing
+//!   was written or a delivery check already proved it all; the rest is counted by the close's
+//!   cause: in flight, unacknowledged (deadline, idle) or lost to an error.
 //! - **Errors** close only the connection concerned; `EINTR` repeats the operation.
 //! - **Accept failures** for lack of resources stop accepting until a back-off timer (growing, capped
 //!   at [`MAX_ACCEPT_BACKOFF`]) fires or a connection of this worker closes, then retry even without
@@ -41,10 +47,14 @@
 //!   as rejected; each close gives its slot back.
 //! - **Idle timeout** (optional). A connection with no bytes read or written for the timeout is
 //!   closed, its pending bytes counted as dropped; one sweep per tick finds them (see [`idle`]).
-//! - **Shutdown.** Close the listener, stop echoing new input, flush what was read, shut the write
-//!   side, then read and discard until the peer closes (a close with unread input would send RST and
-//!   could destroy echoed bytes still in flight), all bounded by the drain deadline, at which
-//!   whatever remains is closed and its pending bytes counted as dropped.
+//!   The sweep ends at the stop: from then on the drain deadline bounds every connection.
+//! - **Shutdown.** Take the cut (how many connections the accept queue holds, how many bytes each
+//!   connection's receive queue holds), accept exactly those connections and close the listener,
+//!   echo everything that arrived before the cut, shut the write side, then read and discard what
+//!   comes after it (a close with unread input would send RST), and close each connection once the
+//!   kernel says its peer acknowledged every byte (our FIN may still wait for window). All of it is
+//!   bounded by the drain deadline, at which input owed is read out and dropped and whatever
+//!   remains is closed, its unacknowledged bytes counted.
 
 mod conn;
 mod idle;
@@ -346,6 +356,10 @@ impl<S> Dispatcher<S> {
         }
         self.phase = Phase::Stopping;
         self.timers.clear(Timer::AcceptRetry);
+        // The idle sweep ends with the stop: the drain deadline bounds every connection from now
+        // on, and an idle close would cut a peer still being given time to acknowledge (and count
+        // as idle what the deadline would count).
+        self.timers.clear(Timer::IdleSweep);
         if self.settings.drain_timeout.is_zero() {
             // No time to serve anyone: what the kernel queued is reset with the listener.
             self.close_listener();
@@ -726,7 +740,7 @@ impl<S> Dispatcher<S> {
         }
         self.counts.count(Counter::Accepted);
         let token = self.conns.insert(Conn::new(sock, self.tick()));
-        if let Some(clock) = self.idle {
+        if let (Some(clock), Phase::Running) = (self.idle, self.phase) {
             if !self.timers.is_set(Timer::IdleSweep) {
                 self.timers.set(Timer::IdleSweep, self.now + clock.period());
             }

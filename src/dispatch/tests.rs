@@ -848,6 +848,34 @@ fn the_first_idle_sweep_comes_one_period_after_the_first_accept() {
     assert_eq!(s.timeout_in(), Some(Duration::from_millis(100)));
 }
 
+#[test]
+fn the_idle_sweep_ends_at_the_stop_and_the_deadline_decides() {
+    let mut s = Shell::new(Settings {
+        idle_timeout: Some(Duration::from_millis(800)),
+        drain_timeout: Duration::from_secs(5),
+        ..small()
+    });
+    let c = s.open();
+    s.echo(c, b"hi");
+    s.stop();
+    s.shut(c);
+    // Long past the idle timeout, with the peer silent and never acknowledging: only delivery
+    // checks and then the deadline close it.
+    let deadline = s.now + Duration::from_secs(5);
+    while s.d.poll_timeout() < Some(deadline) {
+        s.advance(s.timeout_in().expect("a check"));
+        assert_eq!(s.d.poll_action(), Some(Action::CheckDelivery(c)));
+        s.d.handle_delivery(c, AckOutcome::Acked(0));
+        s.idle();
+    }
+    s.advance(s.timeout_in().expect("the deadline"));
+    s.expect_measured_close(0);
+    assert_eq!(
+        s.counts([Counter::IdleCloses, Counter::DeadlineCloses]),
+        [0, 1]
+    );
+}
+
 // ----- tokens -----
 
 #[test]
