@@ -52,6 +52,9 @@ pub struct Config {
     /// listener that closes resets the connections in its own queue unless
     /// `net.ipv4.tcp_migrate_req` is 1.
     pub reuse_port: bool,
+    /// Completed connections the kernel may queue per listener before it drops new handshakes
+    /// (`None`: the kernel's own limit, `net.core.somaxconn`).
+    pub backlog: Option<u32>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             max_conns: None,
             idle_timeout: core.idle_timeout,
             reuse_port: false,
+            backlog: None,
         }
     }
 }
@@ -117,6 +121,13 @@ impl Config {
     #[must_use]
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Config {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::backlog`].
+    #[must_use]
+    pub fn backlog(mut self, backlog: Option<u32>) -> Config {
+        self.backlog = backlog;
         self
     }
 

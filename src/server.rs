@@ -138,11 +138,12 @@ fn bind_all(config: &Config) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
         Claim::First
     };
     let mut addr = config.addr;
-    let first = bind_listener(addr, claim).or_else(|e| match ipv4_fallback(addr, &e) {
+    let backlog = config.backlog;
+    let first = bind_listener(addr, claim, backlog).or_else(|e| match ipv4_fallback(addr, &e) {
         Some(v4) => {
             log::info!("no IPv6 here ({e}): listening on {v4} instead of {addr}");
             addr = v4;
-            bind_listener(v4, claim)
+            bind_listener(v4, claim, backlog)
         }
         None => Err(e),
     });
@@ -153,7 +154,7 @@ fn bind_all(config: &Config) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
         .map_err(StartError::Setup)?;
     let mut listeners = vec![first];
     for _ in 1..config.workers {
-        let listener = bind_listener(addr, Claim::Share);
+        let listener = bind_listener(addr, Claim::Share, backlog);
         listeners.push(listener.map_err(|source| StartError::Bind { addr, source })?);
     }
     Ok((listeners, addr))

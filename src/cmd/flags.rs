@@ -71,6 +71,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
+    /// Completed connections the kernel may queue per listener; larger values are capped by
+    /// net.core.somaxconn [default: the kernel's limit, net.core.somaxconn]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
+    pub backlog: Option<u32>,
+
     /// Share the port with listeners already there (another instance during an overlapping
     /// restart) instead of refusing to start; new connections are spread over all of them
     #[arg(long)]
@@ -164,7 +169,8 @@ impl Cli {
                     .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             )
             .idle_timeout((!self.idle_timeout.is_zero()).then_some(self.idle_timeout))
-            .reuse_port(self.reuse_port);
+            .reuse_port(self.reuse_port)
+            .backlog(self.backlog);
         match self.max_listeners {
             Some(n) => config.workers(n as usize),
             None => config,

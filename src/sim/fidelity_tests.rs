@@ -169,7 +169,7 @@ struct Real {
 
 impl Real {
     fn new() -> Real {
-        let listener = bind_listener("127.0.0.1:0".parse().expect("address"), Claim::First)
+        let listener = bind_listener("127.0.0.1:0".parse().expect("address"), Claim::First, None)
             .expect("a loopback listener");
         let addr = TcpListener::from(listener.try_clone().expect("dup"))
             .local_addr()

@@ -7,9 +7,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
 
-/// Pending connections the kernel may queue per listener.
-const BACKLOG: libc::c_int = 1024;
-
 /// How a listener takes its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Claim {
@@ -25,7 +22,15 @@ pub(crate) enum Claim {
 /// A non-blocking, close-on-exec TCP listener on `addr` with `SO_REUSEADDR` and, once bound,
 /// `SO_REUSEPORT`, so that every worker can bind its own listener to the same port. An IPv6
 /// wildcard address serves IPv4 too (`IPV6_V6ONLY` off).
-pub(crate) fn bind_listener(addr: SocketAddr, claim: Claim) -> io::Result<OwnedFd> {
+///
+/// `backlog` is how many completed connections the kernel may queue for it; `None` asks for the
+/// kernel's own limit (`net.core.somaxconn`, to which Linux caps any larger value), so a
+/// reconnection storm after a restart is not turned away by a smaller one of ours.
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    claim: Claim,
+    backlog: Option<u32>,
+) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -61,8 +66,11 @@ pub(crate) fn bind_listener(addr: SocketAddr, claim: Claim) -> io::Result<OwnedF
     // are small and latency-bound).
     set_flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE, true)?;
     set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true)?;
+    let backlog = backlog.map_or(libc::c_int::MAX, |n| {
+        libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX)
+    });
     // SAFETY: listen on a bound socket we own.
-    syscall!(listen(sock.as_raw_fd(), BACKLOG))?;
+    syscall!(listen(sock.as_raw_fd(), backlog))?;
     Ok(sock)
 }
 
@@ -292,7 +300,7 @@ mod tests {
     #[test]
     fn accepted_sockets_inherit_urgent_inline_and_no_delay() {
         use std::os::fd::AsFd;
-        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, None).unwrap();
         let _client = std::net::TcpStream::connect(local_addr(&listener)).unwrap();
         let sock = loop {
             match accept(listener.as_fd()) {
@@ -307,28 +315,28 @@ mod tests {
 
     #[test]
     fn the_servers_listeners_share_one_port() {
-        let first = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let first = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, None).unwrap();
         let addr = local_addr(&first);
-        let second = bind_listener(addr, Claim::Share);
+        let second = bind_listener(addr, Claim::Share, None);
         assert!(second.is_ok(), "could not share {addr}: {second:?}");
     }
 
     #[test]
     fn a_first_listener_refuses_a_port_held_either_way() {
         let plain = TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = bind_listener(plain.local_addr().unwrap(), Claim::First).unwrap_err();
+        let err = bind_listener(plain.local_addr().unwrap(), Claim::First, None).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
         // Another server's listeners, bound with SO_REUSEPORT, refuse a first listener too.
-        let other = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
-        let err = bind_listener(local_addr(&other), Claim::First).unwrap_err();
+        let other = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, None).unwrap();
+        let err = bind_listener(local_addr(&other), Claim::First, None).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
         // Sharing on purpose joins them.
-        assert!(bind_listener(local_addr(&other), Claim::Share).is_ok());
+        assert!(bind_listener(local_addr(&other), Claim::Share, None).is_ok());
     }
 
     #[test]
     fn the_ipv6_wildcard_serves_ipv4_too() {
-        let Ok(any) = bind_listener("[::]:0".parse().unwrap(), Claim::First) else {
+        let Ok(any) = bind_listener("[::]:0".parse().unwrap(), Claim::First, None) else {
             return; // A host without IPv6: the server falls back to 0.0.0.0 (tested there).
         };
         let port = local_addr(&any).port();
@@ -487,7 +495,7 @@ mod tests {
     fn the_cut_counts_queued_bytes_past_an_urgent_mark_and_queued_connections() {
         use std::io::Write;
         use std::os::fd::AsFd;
-        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First).unwrap();
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, None).unwrap();
         let addr = local_addr(&listener);
         assert_eq!(accept_queue(listener.as_fd()).unwrap(), 0);
         let mut clients: Vec<_> = (0..3)
@@ -519,6 +527,24 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_is_the_kernels_limit_unless_one_is_given() {
+        use std::os::fd::AsFd;
+        let limit = |backlog| {
+            let l = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, backlog).unwrap();
+            // A listener's TCP_INFO gives its queue's limit in tcpi_sacked.
+            tcp_info(l.as_fd()).unwrap().0.tcpi_sacked
+        };
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(limit(None), somaxconn);
+        assert_eq!(limit(Some(16)), 16);
+        assert_eq!(limit(Some(u32::MAX)), somaxconn, "Linux caps it");
+    }
+
+    #[test]
     fn unacked_counts_what_the_peer_has_not_acknowledged() {
         use std::io::{Read, Write};
         use std::net::TcpStream;
@@ -546,7 +572,7 @@ mod tests {
     #[test]
     fn ipv6_loopback_binds() {
         // Machines without IPv6 cannot run this check; everything else must bind.
-        match bind_listener("[::1]:0".parse().unwrap(), Claim::First) {
+        match bind_listener("[::1]:0".parse().unwrap(), Claim::First, None) {
             Ok(_) => {}
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}"),
         }
