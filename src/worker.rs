@@ -70,11 +70,14 @@ impl<I: Io> Worker<I> {
                 core.handle_event(token, readiness);
             }
         })?;
-        self.core.handle_time(self.io.now());
+        let now = self.io.now();
+        // A stop that came during the wait goes first: timers that fell due meanwhile (an idle
+        // sweep) act on a stopping worker, as everything after the stop's cut does.
         if woken {
             self.io.clear_wake();
-            self.core.handle_stop();
+            self.core.handle_stop(now);
         }
+        self.core.handle_time(now);
         while let Some(action) = self.core.poll_action() {
             self.perform(action);
         }

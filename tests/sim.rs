@@ -49,6 +49,7 @@ fn worker_keeps_every_rule_over_many_seeded_networks() {
                 "connections closed at the drain deadline",
                 total.deadline_closes,
             ),
+            ("connections closed for silence", total.idle_closes),
             ("client resets", total.client_resets),
             ("short or refused writes", total.short_writes),
             ("short reads", total.short_reads),

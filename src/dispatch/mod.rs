@@ -4,8 +4,8 @@
 //! # Call order (the run loop, as `worker.rs` runs it)
 //!
 //! 1. Wait for events, at most until [`Dispatcher::poll_timeout`].
-//! 2. Feed each event to [`Dispatcher::handle_event`], then the current time to
-//!    [`Dispatcher::handle_time`], then, if the wake-up came, call [`Dispatcher::handle_stop`].
+//! 2. Feed each event to [`Dispatcher::handle_event`]; if the wake-up came, call
+//!    [`Dispatcher::handle_stop`]; then feed the current time to [`Dispatcher::handle_time`].
 //! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] and, for
 //!    `Accept`, `Register`, `Read` and `Write`, feeding the outcome back with the matching `handle_*`
 //!    before asking again. `None` ends one round; the loop then waits again.
@@ -349,11 +349,12 @@ impl<S> Dispatcher<S> {
         }
     }
 
-    /// The wake-up came: begin the graceful shutdown. Idempotent.
-    pub fn handle_stop(&mut self) {
+    /// The wake-up came at `now`: begin the graceful shutdown. Idempotent.
+    pub fn handle_stop(&mut self, now: Instant) {
         if self.phase != Phase::Running {
             return;
         }
+        self.now = self.now.max(now);
         self.phase = Phase::Stopping;
         self.timers.clear(Timer::AcceptRetry);
         // The idle sweep ends with the stop: the drain deadline bounds every connection from now
@@ -845,7 +846,12 @@ impl<S> Dispatcher<S> {
                 .get(token)
                 .is_some_and(|c| clock.expired(c.last_active, self.now));
             if silent {
-                self.close(token, Cause::Idle);
+                // One that failed meanwhile is closed for its error, as at the deadline.
+                let failed = self
+                    .conns
+                    .get(token)
+                    .is_some_and(|c| matches!(c.output, Output::Failed(_)));
+                self.close(token, if failed { Cause::Error } else { Cause::Idle });
             }
         }
         match after(self.now, clock.period()).filter(|_| self.conns.len() > 0) {

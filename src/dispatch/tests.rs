@@ -181,7 +181,7 @@ impl Shell {
     /// The stop, with nothing queued at the cut: no connection in the accept queue and no input
     /// on any connection; the listener closes.
     fn stop(&mut self) {
-        self.d.handle_stop();
+        self.d.handle_stop(self.now);
         self.cut(0, &[]);
     }
 
@@ -908,7 +908,7 @@ fn stale_tokens_are_ignored_after_slot_reuse() {
 #[test]
 fn stop_accepts_the_connections_queued_at_the_stop_and_echoes_what_they_sent() {
     let mut s = Shell::new(small());
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     // Two handshakes the kernel completed wait in the queue: accept them rather than have them
     // reset, and no more (under steady load the queue never reads empty).
     s.cut(2, &[]);
@@ -958,7 +958,7 @@ fn stop_accepts_the_connections_queued_at_the_stop_and_echoes_what_they_sent() {
 #[test]
 fn when_the_kernel_cannot_say_how_many_are_queued_the_queue_is_accepted_until_empty() {
     let mut s = Shell::new(small());
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     assert_eq!(s.d.poll_action(), Some(Action::MeasureBacklog));
     s.d.handle_backlog(None);
     expect!(s, Action::Accept);
@@ -978,7 +978,7 @@ fn input_queued_behind_a_backpressure_pause_at_the_stop_is_all_echoed() {
     s.read(c, &[1; 8]);
     s.write(c, &[1; 8], 0);
     s.idle();
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     s.cut(0, &[(c, 20)]);
     s.idle();
     s.event(c, WRITABLE);
@@ -1016,7 +1016,7 @@ fn at_the_deadline_input_that_arrived_before_the_stop_is_read_out_and_dropped() 
     s.read(c, &[1; 8]);
     s.write(c, &[1; 8], 0);
     s.idle();
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     s.cut(0, &[(c, 12)]);
     s.idle();
     // The peer never reads: nothing can be echoed before the deadline.
@@ -1302,7 +1302,7 @@ fn a_half_closed_peer_with_echo_unacknowledged_at_the_stop_is_not_closed_until_d
     s.event(c, RDHUP);
     expect!(s, Action::Read { .. });
     // The stop comes between the read that finds EOF and the close.
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     s.d.handle_read(c, ReadOutcome::Eof);
     s.cut(0, &[]);
     assert_eq!(s.d.poll_action(), Some(Action::ShutdownWrite(c)));
@@ -1340,7 +1340,7 @@ fn zero_drain_timeout_closes_everything_on_stop() {
     s.read(c, b"ab");
     s.write(c, b"ab", 1);
     s.idle();
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
     s.expect_measured_close(0);
     assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
@@ -1358,7 +1358,7 @@ fn stop_during_back_off_closes_pending_connections_without_reopening_accept() {
     s.event(Token::LISTENER, READABLE);
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     s.idle();
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     s.cut(1, &[]);
     // Still out of descriptors: what remains queued cannot be accepted.
     assert_eq!(
@@ -1387,7 +1387,7 @@ fn poll_timeout_is_the_earliest_timer_or_now_when_work_is_queued() {
     s.accept_fails(AcceptOutcome::Exhausted(ResourceError::ProcessDescriptors));
     s.idle();
     assert_eq!(s.timeout_in(), Some(MIN_ACCEPT_BACKOFF));
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     // Stop drops the back-off and takes its cut first.
     assert_eq!(s.d.poll_timeout(), Some(s.now), "the cut is taken first");
     s.cut(0, &[]);
@@ -1401,7 +1401,7 @@ fn is_finished_only_after_stop_and_the_shell_closed() {
     let mut s = Shell::new(small());
     assert!(!s.d.is_finished());
     assert!(!s.d.is_stopping());
-    s.d.handle_stop();
+    s.d.handle_stop(s.now);
     assert!(s.d.is_stopping());
     s.cut(0, &[]);
     assert!(!s.d.is_finished(), "the shell is not closed yet");

@@ -47,6 +47,9 @@ pub enum Rule {
     Echo,
     /// Bytes read and not yet written exceed the pending-output cap.
     Cap,
+    /// A close for silence of a connection that was not silent for the idle timeout, or with
+    /// none configured.
+    Idle,
     /// An operation on a closed or never-accepted socket, or the closed listener.
     ClosedOp,
     /// An accept after the stop beyond the connections queued when it came; a FIN before it; an
@@ -74,6 +77,8 @@ pub struct Setup {
     pub max_pending: usize,
     /// The worker's drain timeout: closes after the deadline may reset clients.
     pub drain: Duration,
+    /// The worker's idle timeout: a connection silent this long may be closed before the stop.
+    pub idle: Option<Duration>,
     /// Panic at the first broken rule (else record it and go on).
     pub strict: bool,
 }
@@ -87,6 +92,7 @@ impl Setup {
             fd_limit: usize::MAX,
             max_pending: settings.max_pending,
             drain: settings.drain_timeout,
+            idle: settings.idle_timeout,
             strict: true,
         }
     }
@@ -555,6 +561,7 @@ impl<E: Entropy> Kernel<E> {
             return errno(libc::ECONNABORTED);
         }
         self.links[link].stage = Stage::Open;
+        self.links[link].audit.last_io = self.now();
         if self.stop_at.is_some() {
             let l = &mut self.links[link];
             l.audit.cut = Some(l.up.sent.len() as u64);
@@ -666,7 +673,9 @@ impl<E: Entropy> Kernel<E> {
             let what = format!("socket {link} read for echo past the stop's cut at byte {cut}");
             self.violate(Rule::Stop, what);
         }
+        let now = self.now();
         let l = &mut self.links[link];
+        l.audit.last_io = now;
         buf[..k].copy_from_slice(l.up.take(k));
         if l.write_shut {
             l.audit.discarded += k as u64;
@@ -749,7 +758,9 @@ impl<E: Entropy> Kernel<E> {
                 format!("socket {link}: wrote {k} bytes at echo offset {at} that are not the client's bytes there");
             self.violate(Rule::Echo, what);
         }
+        let now = self.now();
         let l = &mut self.links[link];
+        l.audit.last_io = now;
         l.down.queue.extend(&buf[..k]);
         l.audit.written += k as u64;
         self.maybe_land(link);
@@ -801,6 +812,14 @@ impl<E: Entropy> Kernel<E> {
             self.check_not_held_for_nothing(link);
         }
         let l = &self.links[link];
+        // Before the stop, a served connection closes in order only after its peer's EOF with all
+        // of it echoed; any other close without an error is one for silence.
+        let orderly = l.audit.eof_read && l.audit.written == l.audit.echo_read;
+        let idle_close = !stopped && !l.audit.error_told && !orderly && l.token.is_some();
+        if idle_close {
+            self.check_silent_for_the_timeout(link);
+        }
+        let l = &self.links[link];
         let (acked, written) = (l.down.acked, l.audit.written);
         if stopped && !deadline && !l.audit.error_told && acked < written {
             let what = format!(
@@ -812,6 +831,7 @@ impl<E: Entropy> Kernel<E> {
         let l = &mut self.links[link];
         l.stage = Stage::Closed;
         l.audit.deadline_close = deadline;
+        l.audit.idle_close = idle_close;
         l.audit.acked_at_close = Some(acked);
         l.audit.closed_before_stop = !stopped;
         if l.token.is_none() && l.excluded.is_none() {
@@ -829,7 +849,8 @@ impl<E: Entropy> Kernel<E> {
         if raced && unread > 0 && l.excluded.is_none() && !deadline {
             l.excluded = Some("input arrived just before the close");
         }
-        let excused = deadline || l.excluded.is_some();
+        // A cut (the deadline, the idle timeout) may reset: its unacknowledged bytes are counted.
+        let excused = deadline || idle_close || l.excluded.is_some();
         self.open_fds -= 1;
         self.counts.closes += 1;
         if let Some(token) = l.token {
@@ -948,6 +969,26 @@ impl<E: Entropy> Kernel<E> {
         }
         self.epoll.shut = true;
         self.counts.closes += 2;
+    }
+
+    /// A close for silence needs an idle timeout and a connection that moved no byte for it (less
+    /// one sweep period: the sweep ticks at an eighth of the timeout).
+    fn check_silent_for_the_timeout(&mut self, link: usize) {
+        let silent = self.now() - self.links[link].audit.last_io;
+        let what = match self.setup.idle {
+            None => format!("socket {link} closed before the stop without an error or its EOF"),
+            Some(idle) => {
+                let least = idle.as_nanos() as Nanos - idle.as_nanos() as Nanos / 8;
+                if silent >= least {
+                    return;
+                }
+                format!(
+                    "socket {link} closed for silence after {}us without a byte, under the {idle:?} timeout",
+                    silent / 1_000
+                )
+            }
+        };
+        self.violate(Rule::Idle, what);
     }
 
     /// A connection closed at the drain deadline must not be one whose peer had held every byte for
@@ -1119,6 +1160,8 @@ impl<E: Entropy> Kernel<E> {
                 Counter::ErrorCloses
             } else if l.audit.deadline_close {
                 Counter::DeadlineCloses
+            } else if l.audit.idle_close {
+                Counter::IdleCloses
             } else {
                 Counter::Closed
             };
@@ -1132,7 +1175,7 @@ impl<E: Entropy> Kernel<E> {
         let unacked_by = |l: &Link, counter: Counter| {
             let kind = match cause(l) {
                 Some(Counter::ErrorCloses) => Counter::BytesLostToErrors,
-                Some(Counter::DeadlineCloses) => Counter::BytesUnacked,
+                Some(Counter::DeadlineCloses | Counter::IdleCloses) => Counter::BytesUnacked,
                 // Before the stop; during it the rule above allows nothing unacknowledged.
                 _ => Counter::BytesInFlight,
             };
@@ -1176,7 +1219,6 @@ impl<E: Entropy> Kernel<E> {
             (
                 Counter::BytesUnacked,
                 report[Counter::BytesUnacked],
-                // The layers that audit run without an idle timeout: only the deadline cuts.
                 sum(&|l| unacked_by(l, Counter::BytesUnacked)),
             ),
             (
@@ -1203,6 +1245,11 @@ impl<E: Entropy> Kernel<E> {
                 Counter::DeadlineCloses,
                 report[Counter::DeadlineCloses],
                 sum(&|l| u64::from(cause(l) == Some(Counter::DeadlineCloses))),
+            ),
+            (
+                Counter::IdleCloses,
+                report[Counter::IdleCloses],
+                sum(&|l| u64::from(cause(l) == Some(Counter::IdleCloses))),
             ),
             (
                 Counter::DescriptorsClosed,

@@ -166,6 +166,10 @@ pub struct Audit {
     pub cut: Option<u64>,
     /// The client connected after the worker took the stop: the kernel may refuse it.
     pub after_stop: bool,
+    /// When the worker last read or wrote a byte on it (or accepted it).
+    pub last_io: u64,
+    /// The server closed it for silence (before the stop, without an error or its peer's EOF).
+    pub idle_close: bool,
 }
 
 /// One connection.

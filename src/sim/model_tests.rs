@@ -78,6 +78,8 @@ struct Case {
     /// Whether clients read their echo after the stop (else their windows may stay full: an echo
     /// that filled one exactly leaves our FIN waiting, delivered all the same).
     read_after_stop: bool,
+    /// The idle timeout, in milliseconds, in a share of the cases.
+    idle_ms: Option<u64>,
     ops: Vec<Op>,
 }
 
@@ -111,7 +113,7 @@ fn case() -> impl Strategy<Value = Case> {
         ),
         proptest::collection::vec(op(), 0..120),
         proptest::option::of(any::<prop::sample::Index>()),
-        any::<bool>(),
+        (any::<bool>(), proptest::option::weighted(0.3, 1..=200u64)),
     )
         .prop_map(
             |(
@@ -119,7 +121,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (drain_ms, window, coop, fbs, peer_window),
                 mut ops,
                 stop,
-                read_after_stop,
+                (read_after_stop, idle_ms),
             )| {
                 // The stop comes at a chosen step, or only in the final phase.
                 if let Some(at) = stop {
@@ -136,6 +138,7 @@ fn case() -> impl Strategy<Value = Case> {
                     cooperate: coop,
                     finish_before_stop: fbs,
                     read_after_stop,
+                    idle_ms,
                     ops,
                 }
             },
@@ -178,6 +181,8 @@ impl From<Rule> for Prop {
             Rule::Cap => Prop::Cap,
             Rule::ClosedOp => Prop::ClosedOp,
             Rule::Stop => Prop::Stop,
+            // A close for silence that came too early cuts echo.
+            Rule::Idle => Prop::Echo,
         }
     }
 }
@@ -205,6 +210,7 @@ impl Model {
             scratch_len: case.scratch_len,
             reads_per_turn: case.reads_per_turn,
             accepts_per_turn: case.accepts_per_turn,
+            idle_timeout: case.idle_ms.map(Duration::from_millis),
             ..Settings::default()
         };
         let setup = Setup {
@@ -490,14 +496,15 @@ impl Model {
         for (i, l) in self.kernel().links.iter().enumerate() {
             // Before the deadline no RST may destroy echo: a close comes only once the peer
             // holds every byte, whatever the peer sends after it.
-            let spared = l.excluded.is_some() || l.audit.deadline_close;
+            let spared = l.excluded.is_some() || l.audit.deadline_close || l.audit.idle_close;
             if l.stage == Stage::Closed && l.audit.reset_by_server && !spared {
                 found.push(format!("link {i}: reset by the server before the deadline"));
             }
             let clean = l.stage == Stage::Closed
                 && l.audit.eof_read
                 && l.excluded.is_none()
-                && !l.audit.deadline_close;
+                && !l.audit.deadline_close
+                && !l.audit.idle_close;
             if !clean {
                 continue;
             }

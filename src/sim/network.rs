@@ -70,6 +70,7 @@ stats!(
     clients,
     full_echoes,
     deadline_closes,
+    idle_closes,
     client_resets,
     short_writes,
     short_reads,
@@ -394,6 +395,7 @@ impl Network {
         self.stats.aborted = k.counts.aborted;
         self.stats.urgent_stops = k.counts.urgent_stops;
         self.stats.deadline_closes = report[Counter::DeadlineCloses];
+        self.stats.idle_closes = report[Counter::IdleCloses];
         self.stats.rejected = report[Counter::Rejected];
         self.stats.bytes_echoed = report[Counter::BytesWritten];
         self.stats.backpressure_pauses = report[Counter::BackpressurePauses];
@@ -409,7 +411,8 @@ impl Network {
             return;
         }
         let why = |what: &str| format!("link {link}: {what}\n{}", k.state_dump());
-        if l.audit.deadline_close {
+        if l.audit.deadline_close || l.audit.idle_close {
+            // Cut by the server: what the client got is a prefix of what was written.
             let received = l.down.received as u64;
             assert!(
                 received <= l.audit.written,

@@ -82,8 +82,10 @@ impl Scenario {
             scratch_len: e.pick(&[65_536, 1, 5, 64, 1024]),
             reads_per_turn: e.pick(&[16, 1, 2, 3]),
             accepts_per_turn: e.pick(&[64, 1, 2]),
-            // Idle closes would look like lost echo to the clients; the idle tests cover them.
-            idle_timeout: None,
+            // Now and then an idle timeout, short enough to cut clients that pause or think.
+            idle_timeout: e
+                .chance(200)
+                .then(|| Duration::from_nanos(e.pick(&[5 * MILLI, 50 * MILLI, 300 * MILLI]))),
             // Now and then a connection limit, whose rejected clients are closed at once.
             limit: e
                 .chance(100)
