@@ -98,6 +98,12 @@ pub struct Conn<S> {
     /// After the stop: input that arrived before it and is still to be echoed (`None` until the
     /// kernel said how much).
     pub owed: Option<u64>,
+    /// The peer has sent something (a byte read, or counted by the stop's cut).
+    pub heard: bool,
+    /// After the stop, a peer not heard from yet: its first bytes, racing the cut, are echoed if
+    /// they come before the first delivery check (a client that connected just before the stop
+    /// sends its request just after).
+    pub first_request: bool,
 }
 
 impl<S> Conn<S> {
@@ -112,6 +118,8 @@ impl<S> Conn<S> {
             written: 0,
             acked: 0,
             owed: None,
+            heard: false,
+            first_request: false,
         }
     }
 
@@ -149,6 +157,9 @@ impl<S> Conn<S> {
         if n < asked && self.input == Input::Ready {
             self.input = Input::Drained;
         }
+        self.heard = true;
+        // The first request is one read: what comes after it came after the cut.
+        self.first_request = false;
         if let Some(owed) = &mut self.owed {
             *owed = owed.saturating_sub(n as u64);
         }
@@ -165,6 +176,7 @@ impl<S> Conn<S> {
     /// A read returned 0: the peer sent everything, and nothing more is owed.
     pub fn on_eof(&mut self) {
         self.input = Input::Ended;
+        self.first_request = false;
         self.owed = self.owed.map(|_| 0);
     }
 
@@ -172,6 +184,9 @@ impl<S> Conn<S> {
     /// bytes read before it.
     pub fn on_cut(&mut self, n: u64) {
         self.owed = Some(n);
+        let silent = !self.heard && self.pending.is_empty() && self.written == 0;
+        self.first_request = n == 0 && silent && self.input != Input::Ended;
+        self.heard |= n > 0;
         if n > 0 && self.input != Input::Ended {
             // They are there; reads go on until they are all read, whatever a short read says.
             self.input = Input::Exact;
@@ -201,7 +216,11 @@ impl<S> Conn<S> {
             if self.output == Output::Open {
                 return Some(Step::Write);
             }
-        } else if stopping && owed == 0 && !matches!(self.output, Output::Shut(_)) {
+        } else if stopping
+            && owed == 0
+            && !self.first_request
+            && !matches!(self.output, Output::Shut(_))
+        {
             // A peer that finished is served like any other: our FIN, then delivery.
             return Some(Step::ShutdownWrite);
         } else if self.input == Input::Ended && !stopping {
@@ -218,12 +237,17 @@ impl<S> Conn<S> {
                 (Delivery::Pending, Input::Drained | Input::Ended) => None,
             };
         }
-        if !matches!(self.input, Input::Ready | Input::Exact) || (stopping && owed == 0) {
-            // After the stop only what arrived before it is read for echo.
+        let waiting = stopping && owed == 0 && !self.first_request;
+        if !matches!(self.input, Input::Ready | Input::Exact) || waiting {
+            // After the stop only what arrived before it (or a first request) is read for echo.
             return None;
         }
         let free = room.cap - self.pending.len();
-        let most = if stopping { to_len(owed) } else { usize::MAX };
+        let most = if stopping && owed > 0 {
+            to_len(owed)
+        } else {
+            usize::MAX
+        };
         (free > 0).then(|| Step::Read(free.min(room.scratch).min(most)))
     }
 }
@@ -412,6 +436,33 @@ mod tests {
             Some(Step::ShutdownWrite),
             "all owed read: our FIN"
         );
+    }
+
+    #[test]
+    fn after_the_stop_a_peer_never_heard_from_gets_its_first_request_echoed() {
+        let mut c = conn();
+        c.on_cut(0);
+        assert!(c.first_request);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            None,
+            "no FIN yet: its request may be on the way"
+        );
+        c.on_readiness(Readiness::READABLE);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
+        c.on_data(3, 5);
+        assert_eq!(
+            c.next_step(true, ROOM),
+            Some(Step::ShutdownWrite),
+            "one request only"
+        );
+        // A peer heard from before the stop gets no such grace.
+        let mut c = conn();
+        c.on_readiness(Readiness::READABLE);
+        c.on_data(2, 5);
+        c.on_cut(0);
+        assert!(!c.first_request);
+        assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
     }
 
     #[test]

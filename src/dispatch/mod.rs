@@ -446,6 +446,10 @@ impl<S> Dispatcher<S> {
         self.take_in_flight(Op::MeasureInput(token));
         if let Some(conn) = self.conns.get_mut(token) {
             conn.on_cut(queued.unwrap_or(0) as u64);
+            if conn.first_request {
+                // Its grace ends with the first delivery check.
+                self.timers.check_delivery_later(self.now);
+            }
         }
         // Work before any edge: the echo of what arrived, or our FIN.
         self.queue_if_work(token);
@@ -825,12 +829,16 @@ impl<S> Dispatcher<S> {
     }
 
     /// The check timer fired: every connection still waiting for its peer's acknowledgement is
-    /// asked about again.
+    /// asked about again, and the grace for first requests ends.
     fn recheck_delivery(&mut self) {
         for token in self.conns.tokens() {
             if let Some(conn) = self.conns.get_mut(token) {
                 if conn.output == Output::Shut(Delivery::Pending) {
                     conn.output = Output::Shut(Delivery::Due);
+                    self.queue_if_work(token);
+                } else if conn.first_request {
+                    // No request came in the grace: our FIN.
+                    conn.first_request = false;
                     self.queue_if_work(token);
                 }
             }
