@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for every check, so people run locally exactly what CI runs.
-# Usage: ci/run.sh fmt|clippy|test|proptest|loom|sim|fuzz|bench-smoke|mutants|all   (mutants is slow: not part of all)
+# Usage: ci/run.sh fmt|clippy|test|proptest|loom|sim|fuzz|bench-smoke|mutants|mutants-shell|all
+# (the two mutation runs are slow: not part of all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,21 @@ mutants() {
     step "cargo mutants over src/dispatch"
     command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
     PROPTEST_CASES=64 cargo mutants --file 'src/dispatch/*.rs' -j 1 --timeout 20 "$@" -- --lib
+}
+
+# Mutation testing of the shell and the binary: the worker loop, the stop coordination, start-up,
+# the system calls, the flags and the counters, against every test that runs them (integration
+# tests included). The loom-only models are left out (they are never compiled without --cfg loom).
+# Slow: MUTANTS_SHARD=k/n runs one shard (cargo mutants --shard), MUTANTS_TIMEOUT the per-mutant bound.
+mutants_shell() {
+    step "cargo mutants over the shell and the binary"
+    command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+    local shard=()
+    [ -n "${MUTANTS_SHARD:-}" ] && shard=(--shard "$MUTANTS_SHARD")
+    PROPTEST_CASES=64 SIM_SEEDS=100 cargo mutants -j 1 --timeout "${MUTANTS_TIMEOUT:-120}" \
+        --file src/worker.rs --file src/shutdown.rs --file src/server.rs --file 'src/sys/*.rs' \
+        --file 'src/cmd/**/*.rs' --file src/main.rs --file src/report.rs \
+        --exclude-re 'loom' "${shard[@]}" "$@"
 }
 
 # The simulated network for many more seeds than `cargo test` runs (SIM_SEEDS overrides).
@@ -143,6 +159,7 @@ case "${1:-all}" in
     fuzz) fuzz ;;
     bench-smoke) bench_smoke ;;
     mutants) shift; mutants "$@" ;;
+    mutants-shell) shift; mutants_shell "$@" ;;
     all) all ;;
-    *) echo "usage: $0 fmt|clippy|test|proptest|loom|sim|fuzz|bench-smoke|mutants|all" >&2; exit 2 ;;
+    *) echo "usage: $0 fmt|clippy|test|proptest|loom|sim|fuzz|bench-smoke|mutants|mutants-shell|all" >&2; exit 2 ;;
 esac
