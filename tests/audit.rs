@@ -2,7 +2,7 @@
 //! never reads holds what its kernel received, so the server's `bytes_delivered` (what the peers'
 //! kernels acknowledged) can never exceed it. One test per close path the audit once got wrong: a
 //! reset before and during the stop, a half-closed peer that never reads (outside and during the
-//! stop), an echo that fills the peer's window exactly, and a stop signal after a worker failure.
+//! stop), an echo that fills the peer's window, and a stop signal after a worker failure.
 //!
 //! Waits are bounded only where the bound is the behaviour (a stop that must not sit out the drain
 //! deadline), with generous margins; the measured figures are printed.
@@ -133,9 +133,11 @@ fn a_half_closed_peer_that_never_reads_is_held_to_the_deadline_and_counted() {
     assert!(r[Counter::BytesUnacked] > 0, "{r}");
 }
 
-/// Builds the state where every echoed byte landed in the client's kernel and its window is
-/// exactly full: the echo overflows the window, then the client reads exactly what is stuck in
-/// the server's kernel, which lands in the room it made. Returns what the client's kernel holds.
+/// Brings the echo to rest in the client's kernel with its window as full as the client can make
+/// it from outside: the echo overflows the window, then the client reads exactly what is stuck in
+/// the server's kernel, which lands in the room it made. Whether the window is then shut to the
+/// byte depends on how the kernel rounds it; `src/server.rs` builds the exact case from the
+/// server's side of the connection. Returns what the client's kernel holds.
 fn fill_the_window_exactly(c: &mut TcpStream, sent: usize) -> usize {
     let mut read = 0;
     let mut buf = vec![0; sent];
@@ -152,7 +154,7 @@ fn fill_the_window_exactly(c: &mut TcpStream, sent: usize) -> usize {
 }
 
 #[test]
-fn an_echo_that_fills_the_peers_window_exactly_does_not_hold_the_stop() {
+fn an_echo_that_fills_the_peers_window_does_not_hold_the_stop() {
     let _serial = serial();
     let (server, addr) = Process::start(&["--maxListeners", "1", "--drain-timeout", "20s"]);
     let mut c = small_window(addr, WINDOW);
