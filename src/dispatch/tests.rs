@@ -215,6 +215,20 @@ impl Shell {
         self.idle();
     }
 
+    /// A connection whose 8 bytes of echo the kernel refused (the cap reached: reading paused),
+    /// then the stop, whose cut finds `queued` more bytes waiting.
+    fn paused_at_the_cap_then_stopped(&mut self, queued: usize) -> Token {
+        let c = self.open();
+        self.event(c, READABLE);
+        self.read(c, &[1; 8]);
+        self.write(c, &[1; 8], 0);
+        self.idle();
+        self.d.handle_stop(self.now);
+        self.cut(0, &[(c, queued)]);
+        self.idle();
+        c
+    }
+
     /// After the stop: our FIN goes to `token`, which was read empty before, and the round ends.
     fn shut(&mut self, token: Token) {
         assert_eq!(self.d.poll_action(), Some(Action::ShutdownWrite(token)));
@@ -970,15 +984,8 @@ fn when_the_kernel_cannot_say_how_many_are_queued_the_queue_is_accepted_until_em
 #[test]
 fn input_queued_behind_a_backpressure_pause_at_the_stop_is_all_echoed() {
     let mut s = Shell::new(small());
-    let c = s.open();
     // The cap is reached: reading stops, and 20 more bytes wait in the kernel.
-    s.event(c, READABLE);
-    s.read(c, &[1; 8]);
-    s.write(c, &[1; 8], 0);
-    s.idle();
-    s.d.handle_stop(s.now);
-    s.cut(0, &[(c, 20)]);
-    s.idle();
+    let c = s.paused_at_the_cap_then_stopped(20);
     s.event(c, WRITABLE);
     let (mut read, mut echoed) = (8, 0);
     for _ in 0..100 {
@@ -1009,14 +1016,7 @@ fn input_queued_behind_a_backpressure_pause_at_the_stop_is_all_echoed() {
 #[test]
 fn at_the_deadline_input_that_arrived_before_the_stop_is_read_out_and_dropped() {
     let mut s = Shell::new(small());
-    let c = s.open();
-    s.event(c, READABLE);
-    s.read(c, &[1; 8]);
-    s.write(c, &[1; 8], 0);
-    s.idle();
-    s.d.handle_stop(s.now);
-    s.cut(0, &[(c, 12)]);
-    s.idle();
+    let c = s.paused_at_the_cap_then_stopped(12);
     // The peer never reads: nothing can be echoed before the deadline.
     s.advance(Duration::from_secs(1));
     // Read out, so the close sends no reset, and counted as dropped.

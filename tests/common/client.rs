@@ -17,7 +17,11 @@ pub const CHUNK: usize = 64 * 1024;
 
 /// A connected client with [`IO_TIMEOUT`] on every read and write.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the server");
+    with_timeouts(TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the server"))
+}
+
+/// `stream` with [`IO_TIMEOUT`] on every read and write.
+fn with_timeouts(stream: TcpStream) -> TcpStream {
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
         .expect("set read timeout");
@@ -262,14 +266,7 @@ pub fn small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     setsockopt(&fd, sockopt::RcvBuf, &rcvbuf).expect("SO_RCVBUF");
     connect_to(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))
         .expect("connect to the server");
-    let stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("set read timeout");
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .expect("set write timeout");
-    stream
+    with_timeouts(TcpStream::from(fd))
 }
 
 /// Bytes the client's kernel holds unread: what it received and the client has not read.
