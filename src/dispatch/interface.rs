@@ -194,6 +194,11 @@ impl AckOutcome {
         }
     }
 
+    /// True when the peer acknowledged every one of the `written` bytes (our FIN need not be).
+    pub fn covers(self, written: u64) -> bool {
+        written == 0 || matches!(self, AckOutcome::Acked(n) if n >= written)
+    }
+
     /// Bytes of the `written` ones the peer holds: the kernel's count without our FIN.
     pub fn delivered_of(self, written: u64) -> u64 {
         match self {
@@ -328,6 +333,21 @@ mod tests {
         assert_eq!(acked, AckOutcome::Acked(7));
         let unknown = AckOutcome::from_result(Err(Error::from_raw_os_error(libc::EBADF)));
         assert_eq!(unknown, AckOutcome::Unknown);
+    }
+
+    #[test]
+    fn delivery_needs_every_data_byte_acknowledged_and_ignores_our_fin() {
+        assert!(!AckOutcome::Acked(99).covers(100));
+        assert!(
+            AckOutcome::Acked(100).covers(100),
+            "a FIN still waiting for window"
+        );
+        assert!(AckOutcome::Acked(101).covers(100));
+        assert!(!AckOutcome::Unknown.covers(1));
+        assert!(
+            AckOutcome::Unknown.covers(0),
+            "nothing written, nothing to prove"
+        );
     }
 
     #[test]

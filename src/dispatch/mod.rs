@@ -445,7 +445,8 @@ impl<S> Dispatcher<S> {
     pub fn handle_queued_input(&mut self, token: Token, queued: Option<usize>) {
         self.take_in_flight(Op::MeasureInput(token));
         if let Some(conn) = self.conns.get_mut(token) {
-            conn.on_cut(queued.unwrap_or(0) as u64);
+            let queued = queued.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+            conn.on_cut(queued);
             if conn.first_request {
                 // Its grace ends with the first delivery check.
                 self.timers.check_delivery_later(self.now);
@@ -475,13 +476,10 @@ impl<S> Dispatcher<S> {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if let AckOutcome::Acked(n) = outcome {
-            conn.acked = conn.acked.max(n);
-        }
         if !matches!(conn.output, Output::Shut(_)) {
             return;
         }
-        if conn.delivered() {
+        if outcome.covers(conn.written) {
             // Input may have come since the last read: read it before the close. (What a read
             // knows already, like a read stopped at an urgent mark, stays.)
             conn.output = Output::Shut(Delivery::Delivered);
