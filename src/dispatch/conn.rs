@@ -96,7 +96,7 @@ pub struct Conn<S> {
     /// After the stop: input that arrived before it and is still to be echoed (`None` until the
     /// kernel said how much; a receive queue's count fits 32 bits).
     pub owed: Option<u32>,
-    /// The peer has sent something (a byte read, or counted by the stop's cut).
+    /// The peer has sent something: a byte was read.
     pub heard: bool,
     /// After the stop, a peer not heard from yet: its first bytes, racing the cut, are echoed if
     /// they come before the first delivery check (a client that connected just before the stop
@@ -184,7 +184,6 @@ impl<S> Conn<S> {
         self.owed = Some(n);
         let silent = !self.heard && self.pending.is_empty() && self.written == 0;
         self.first_request = n == 0 && silent && self.input != Input::Ended;
-        self.heard |= n > 0;
         if n > 0 && self.input != Input::Ended {
             // They are there; reads go on until they are all read, whatever a short read says.
             self.input = Input::Exact;
