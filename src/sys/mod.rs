@@ -3,14 +3,16 @@
 #![allow(unsafe_code)]
 
 mod epoll;
+mod passing;
 mod shell;
 mod socket;
 mod waker;
 
+pub(crate) use passing::{recv_fds, send_fds};
 pub(crate) use shell::EpollShell;
 #[cfg(test)]
 pub(crate) use socket::{acked, find_connection, peer_window, unacked};
-pub(crate) use socket::{bind_listener, Claim};
+pub(crate) use socket::{adopt_listener, bind_listener, Claim};
 pub(crate) use waker::Waker;
 
 /// Calls a libc function and turns its `-1` return into `io::Error::last_os_error()`.

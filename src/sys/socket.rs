@@ -61,16 +61,47 @@ pub(crate) fn bind_listener(
     if claim == Claim::First {
         set_flag(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
     }
-    // Accepted sockets inherit both, which saves a call per connection: urgent bytes stay in the
-    // stream (echoed like any other byte, as RFC 6093 advises), and Nagle's delay is off (echoes
-    // are small and latency-bound).
-    set_flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE, true)?;
-    set_flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true)?;
+    set_inherited_flags(&sock)?;
     let backlog = backlog.map_or(libc::c_int::MAX, |n| {
         libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX)
     });
     // SAFETY: listen on a bound socket we own.
     syscall!(listen(sock.as_raw_fd(), backlog))?;
+    Ok(sock)
+}
+
+/// Accepted sockets inherit both, which saves a call per connection: urgent bytes stay in the
+/// stream (echoed like any other byte, as RFC 6093 advises), and Nagle's delay is off (echoes are
+/// small and latency-bound).
+fn set_inherited_flags(sock: &OwnedFd) -> io::Result<()> {
+    set_flag(sock, libc::SOL_SOCKET, libc::SO_OOBINLINE, true)?;
+    set_flag(sock, libc::IPPROTO_TCP, libc::TCP_NODELAY, true)
+}
+
+/// Takes a listener made elsewhere (handed over by another instance, or by the program embedding
+/// the server): it must be a listening TCP socket; it is made non-blocking and close-on-exec and
+/// given the flags accepted sockets inherit, like one of ours. The descriptor may be a duplicate,
+/// so these settings reach every holder of the socket.
+pub(crate) fn adopt_listener(sock: OwnedFd) -> io::Result<OwnedFd> {
+    let tcp = get_int(&sock, libc::SOL_SOCKET, libc::SO_PROTOCOL)? == libc::IPPROTO_TCP;
+    let listening = get_int(&sock, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
+    if !(tcp && listening) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening TCP socket",
+        ));
+    }
+    // SAFETY: fcntl with F_GETFL takes no pointer; the descriptor is ours and open.
+    let status = syscall!(fcntl(sock.as_raw_fd(), libc::F_GETFL))?;
+    // SAFETY: fcntl with F_SETFL takes an int; the descriptor is ours and open.
+    syscall!(fcntl(
+        sock.as_raw_fd(),
+        libc::F_SETFL,
+        status | libc::O_NONBLOCK
+    ))?;
+    // SAFETY: fcntl with F_SETFD takes an int; the descriptor is ours and open.
+    syscall!(fcntl(sock.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    set_inherited_flags(&sock)?;
     Ok(sock)
 }
 
@@ -234,6 +265,20 @@ fn set_flag(sock: &OwnedFd, level: libc::c_int, name: libc::c_int, on: bool) -> 
     .map(drop)
 }
 
+fn get_int(sock: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    syscall!(getsockopt(
+        sock.as_raw_fd(),
+        level,
+        name,
+        (&mut value as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(value)
+}
+
 fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero bytes are a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
@@ -281,27 +326,18 @@ mod tests {
     }
 
     fn flag(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> bool {
-        let mut value: libc::c_int = 0;
-        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are live and sized for one c_int.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
-        value != 0
+        get_int(fd, level, name).expect("getsockopt") != 0
     }
 
     #[test]
     fn accepted_sockets_inherit_urgent_inline_and_no_delay() {
-        use std::os::fd::AsFd;
         let listener = bind_listener("127.0.0.1:0".parse().unwrap(), Claim::First, None).unwrap();
-        let _client = std::net::TcpStream::connect(local_addr(&listener)).unwrap();
+        accepted_sockets_inherit_our_flags(&listener);
+    }
+
+    fn accepted_sockets_inherit_our_flags(listener: &OwnedFd) {
+        use std::os::fd::AsFd;
+        let _client = std::net::TcpStream::connect(local_addr(listener)).unwrap();
         let sock = loop {
             match accept(listener.as_fd()) {
                 Ok(sock) => break sock,
@@ -311,6 +347,31 @@ mod tests {
         };
         assert!(flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE));
         assert!(flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY));
+    }
+
+    #[test]
+    fn an_adopted_listener_is_made_like_ours() {
+        use std::os::fd::AsFd;
+        let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = adopt_listener(OwnedFd::from(plain)).expect("a listening TCP socket");
+        // Non-blocking: an empty queue answers at once.
+        let empty = accept(listener.as_fd()).expect_err("nothing queued");
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        // SAFETY: F_GETFD takes no pointer; the descriptor is open.
+        let fd_flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(fd_flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        accepted_sockets_inherit_our_flags(&listener);
+    }
+
+    #[test]
+    fn only_a_listening_tcp_socket_is_adopted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for sock in [OwnedFd::from(connected), OwnedFd::from(udp)] {
+            let e = adopt_listener(sock).expect_err("not a listener");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        }
     }
 
     #[test]

@@ -47,7 +47,51 @@ impl Waker {
         ));
     }
 
+    /// Blocks until `other` is readable (`Ok(true)`) or a wake-up is pending (`Ok(false)`, which
+    /// stays pending): a thread that waits for one descriptor and must still be stoppable.
+    pub fn wait_with(&self, other: BorrowedFd<'_>) -> io::Result<bool> {
+        let mut fds = [
+            libc::pollfd {
+                fd: other.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: passes a live array of two pollfd and its length.
+            match syscall!(poll(fds.as_mut_ptr(), 2, -1)) {
+                Ok(_) if fds[1].revents != 0 => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_wait_with_another_descriptor_ends_on_either() {
+        let waker = Waker::new().unwrap();
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        waker.wake().unwrap();
+        assert!(!waker.wait_with(reader.as_fd()).unwrap(), "woken");
+        waker.drain();
+        writer.write_all(b"x").unwrap();
+        assert!(waker.wait_with(reader.as_fd()).unwrap(), "readable");
     }
 }
