@@ -18,6 +18,9 @@ pub enum StartError {
     Setup(io::Error),
     /// A worker thread could not be spawned.
     Spawn(io::Error),
+    /// A listener given to [`Server::start_on`](crate::Server::start_on) cannot be served: not a
+    /// listening TCP socket, or its settings cannot be made.
+    Adopt(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -33,6 +36,7 @@ impl fmt::Display for StartError {
             StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             StartError::Setup(e) => write!(f, "cannot set up a worker: {e}"),
             StartError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
+            StartError::Adopt(e) => write!(f, "cannot serve on the listener given: {e}"),
         }
     }
 }
@@ -42,7 +46,7 @@ impl std::error::Error for StartError {
         match self {
             StartError::InvalidConfig(_) => None,
             StartError::Bind { source, .. } => Some(source),
-            StartError::Setup(e) | StartError::Spawn(e) => Some(e),
+            StartError::Setup(e) | StartError::Spawn(e) | StartError::Adopt(e) => Some(e),
         }
     }
 }

@@ -17,6 +17,7 @@
 mod config;
 mod dispatch;
 mod error;
+pub mod handover;
 mod io;
 mod report;
 mod server;

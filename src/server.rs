@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::config::Config;
@@ -18,7 +18,7 @@ use crate::io::Io;
 use crate::report::{Counter, Report};
 use crate::shutdown::{Coordinator, Join, Wake};
 use crate::stats::{LiveStats, WorkerStats};
-use crate::sys::{bind_listener, Claim, EpollShell, Waker};
+use crate::sys::{adopt_listener, bind_listener, Claim, EpollShell, Waker};
 use crate::worker::Worker;
 
 struct WorkerWaker {
@@ -60,12 +60,45 @@ impl Join for WorkerThread {
     }
 }
 
+/// A copy of each worker's listener, for [`Server::share_listeners`]. A copy is given up when its
+/// worker fails and all are when the stop begins, before any worker closes its own: from then on
+/// the worker's close is the socket's last (unless another instance took it over), so the kernel
+/// refuses new connections rather than queueing them where no one accepts.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Vec<Option<OwnedFd>>>>);
+
+impl Shared {
+    fn new(listeners: &[OwnedFd]) -> io::Result<Shared> {
+        let copies = listeners
+            .iter()
+            .map(|l| l.try_clone().map(Some))
+            .collect::<io::Result<_>>()?;
+        Ok(Shared(Arc::new(Mutex::new(copies))))
+    }
+
+    fn copies(&self) -> std::sync::MutexGuard<'_, Vec<Option<OwnedFd>>> {
+        // A panic while holding the lock leaves the list as valid as before it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn give_up(&self, worker: usize) {
+        if let Some(copy) = self.copies().get_mut(worker) {
+            *copy = None;
+        }
+    }
+
+    fn give_up_all(&self) {
+        self.copies().clear();
+    }
+}
+
 /// What one worker thread is started with, besides its shell.
 struct Spawn {
     index: usize,
     settings: Settings,
     stats: Arc<WorkerStats>,
     failures: Arc<AtomicUsize>,
+    shared: Shared,
 }
 
 /// Without the `sim` feature no failure can be planted: the type has no value.
@@ -100,11 +133,19 @@ impl Spawn {
             settings,
             stats,
             failures,
+            shared,
         } = self;
         let worker = Worker::new(io, settings, Some(stats), true);
         std::thread::Builder::new()
             .name(format!("epoll-echo-{index}"))
-            .spawn(move || run_worker(index, worker, &failures))
+            .spawn(move || {
+                let report = run_worker(index, worker, &failures);
+                if report.is_none() {
+                    // Its listener closed as it unwound; no copy may keep the socket open.
+                    shared.give_up(index);
+                }
+                report
+            })
     }
 }
 
@@ -161,6 +202,24 @@ fn bind_all(config: &Config) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
 }
 
 /// The IPv4 wildcard address to use instead of the IPv6 one when the host has no IPv6.
+/// Takes listeners made elsewhere, one per worker; they must all listen on one address.
+fn adopt_all(listeners: Vec<TcpListener>) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let mut adopted = Vec::with_capacity(listeners.len());
+    let mut addr = None;
+    for listener in listeners {
+        let here = listener.local_addr().map_err(StartError::Adopt)?;
+        if addr.is_some_and(|a| a != here) {
+            return Err(StartError::InvalidConfig(
+                "the listeners given do not all listen on one address",
+            ));
+        }
+        addr = Some(here);
+        adopted.push(adopt_listener(OwnedFd::from(listener)).map_err(StartError::Adopt)?);
+    }
+    let addr = addr.ok_or(StartError::InvalidConfig("no listener given"))?;
+    Ok((adopted, addr))
+}
+
 fn ipv4_fallback(addr: SocketAddr, e: &io::Error) -> Option<SocketAddr> {
     let no_ipv6 = matches!(
         e.raw_os_error(),
@@ -178,6 +237,7 @@ pub struct Server {
     /// Workers that ended early.
     failures: Arc<AtomicUsize>,
     coordinator: Coordinator<WorkerWaker, WorkerThread>,
+    shared: Shared,
 }
 
 impl Server {
@@ -187,10 +247,33 @@ impl Server {
     }
 
     /// [`Server::start`], with a worker that fails on purpose when a test planted one.
+    /// Starts one worker on each of `listeners` (made by the program, or handed over by a running
+    /// instance, so that no listener closes across a restart); `config`'s address, backlog and
+    /// worker count are not used. Each must be a listening TCP socket, all on one address; each is
+    /// made non-blocking and given the flags accepted sockets inherit (`SO_OOBINLINE`,
+    /// `TCP_NODELAY`).
+    pub fn start_on(config: Config, listeners: Vec<TcpListener>) -> Result<Server, StartError> {
+        let config = config.workers(listeners.len().max(1));
+        let settings = config.settings()?;
+        let (listeners, local_addr) = adopt_all(listeners)?;
+        Server::serve(settings, listeners, local_addr, None)
+    }
+
     pub(crate) fn launch(config: Config, planted: Option<Planted>) -> Result<Server, StartError> {
         let settings = config.settings()?;
         let (listeners, local_addr) = bind_all(&config)?;
-        let mut shells = Vec::with_capacity(config.workers);
+        Server::serve(settings, listeners, local_addr, planted)
+    }
+
+    fn serve(
+        settings: Settings,
+        listeners: Vec<OwnedFd>,
+        local_addr: SocketAddr,
+        planted: Option<Planted>,
+    ) -> Result<Server, StartError> {
+        let count = listeners.len();
+        let shared = Shared::new(&listeners).map_err(StartError::Setup)?;
+        let mut shells = Vec::with_capacity(count);
         for listener in listeners {
             let waker = Arc::new(Waker::new().map_err(StartError::Setup)?);
             let shell = EpollShell::new(listener, Arc::clone(&waker)).map_err(StartError::Setup)?;
@@ -207,6 +290,7 @@ impl Server {
                 settings: settings.clone(),
                 stats: Arc::clone(&published),
                 failures: Arc::clone(&failures),
+                shared: shared.clone(),
             };
             match spawn.over(shell, planted) {
                 Ok(handle) => workers.push((
@@ -225,10 +309,11 @@ impl Server {
         }
         Ok(Server {
             local_addr,
-            workers: config.workers,
+            workers: count,
             stats: LiveStats::new(stats),
             failures,
             coordinator: Coordinator::new(workers),
+            shared,
         })
     }
 
@@ -256,13 +341,28 @@ impl Server {
     /// Gracefully stops: every worker stops accepting, flushes within the drain deadline, closes all
     /// its descriptors and ends. Returns after every worker has joined, with their summed report.
     /// Idempotent and callable from any thread; later calls return the same report.
+    /// Copies of the listening sockets (duplicated descriptors) of the workers still running, for
+    /// a new instance to serve on ([`Server::start_on`]) so that no listener closes across a
+    /// restart: both instances accept from the same queues until this one stops. None once the
+    /// stop has begun.
+    pub fn share_listeners(&self) -> io::Result<Vec<TcpListener>> {
+        self.shared
+            .copies()
+            .iter()
+            .flatten()
+            .map(|l| l.try_clone().map(TcpListener::from))
+            .collect()
+    }
+
     pub fn stop(&self) -> Report {
+        self.shared.give_up_all();
         self.coordinator.stop()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.shared.give_up_all();
         self.coordinator.stop();
     }
 }
