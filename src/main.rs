@@ -3,7 +3,7 @@
 
 mod cmd;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -15,6 +15,7 @@ use cmd::metrics::{self, Metrics, Sample};
 use cmd::notify;
 use cmd::output::Output;
 use cmd::signals::{Request, Signals};
+use epoll_echo::handover::Offer;
 use epoll_echo::{Config, Counter, Derived, LiveStats, Report, Server, StartError};
 use nix::sys::signal::Signal;
 
@@ -69,6 +70,20 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     let Some((server, metrics)) = start(&cli) else {
         return 1;
     };
+    // Offered before anyone is told the server listens: a successor may come at once.
+    let offer = match cli
+        .handover
+        .as_deref()
+        .map(|p| (p, Offer::start(p, Arc::clone(&server))))
+    {
+        None => None,
+        Some((_, Ok(offer))) => Some(offer),
+        Some((path, Err(e))) => {
+            log::error!("cannot offer the listeners at {}: {e}", path.display());
+            server.stop();
+            return 1;
+        }
+    };
     let listening = format!(
         "listening on {} with {} workers",
         server.local_addr(),
@@ -107,6 +122,10 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
         log::warn!("{warning}");
     }
     notify::stopping("stopping: flushing to the clients");
+    // No successor may take the listeners from here on: the stop closes them.
+    if let Some(offer) = offer {
+        offer.stop();
+    }
     let report = server.stop();
     // Scrapes go on during the drain; the endpoint closes once every worker has joined.
     if let Some(metrics) = metrics {
@@ -120,13 +139,18 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     }
 }
 
-/// Starts the server; a test build (the `sim` feature) first reads `EPOLL_ECHO_FAIL_WORKER`.
-fn start_server(config: Config) -> Result<Server, StartError> {
+/// Starts the server on the listeners taken over, if any; a test build (the `sim` feature) first
+/// reads `EPOLL_ECHO_FAIL_WORKER`.
+fn start_server(config: Config, taken: Vec<TcpListener>) -> Result<Server, StartError> {
     #[cfg(feature = "sim")]
     if let Some((worker, after)) = cmd::flags::planted_failure() {
         return epoll_echo::failing::start(config, worker, after);
     }
-    Server::start(config)
+    if taken.is_empty() {
+        Server::start(config)
+    } else {
+        Server::start_on(config, taken)
+    }
 }
 
 /// Binds the metrics address, starts the server, then serves the metrics; `None` after logging
@@ -142,7 +166,19 @@ fn start(cli: &Cli) -> Option<(Arc<Server>, Option<Metrics>)> {
         }
     };
     let config = cli.config();
-    let server = match start_server(config.clone()) {
+    let taken = match cli
+        .handover
+        .as_deref()
+        .map(|p| cmd::takeover::take(p, config.addr))
+    {
+        None => Vec::new(),
+        Some(Ok(taken)) => taken,
+        Some(Err(why)) => {
+            log::error!("{why}");
+            return None;
+        }
+    };
+    let server = match start_server(config.clone(), taken) {
         Ok(server) => Arc::new(server),
         Err(e @ StartError::Bind { .. }) if in_use(&e) => {
             let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

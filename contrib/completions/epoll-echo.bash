@@ -23,7 +23,7 @@ _epoll__echo() {
 
     case "${cmd}" in
         epoll__echo)
-            opts="-h -V --port --max-listeners --maxListeners --bind --max-pending --drain-timeout --max-conns --idle-timeout --backlog --reuse-port --metrics-addr --help --version"
+            opts="-h -V --port --max-listeners --maxListeners --bind --max-pending --drain-timeout --max-conns --idle-timeout --backlog --reuse-port --handover --metrics-addr --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -62,6 +62,10 @@ _epoll__echo() {
                     return 0
                     ;;
                 --backlog)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handover)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -81,6 +81,12 @@ pub struct Cli {
     #[arg(long)]
     pub reuse_port: bool,
 
+    /// Restart without closing a listener: take the listeners of the instance serving at PATH (a
+    /// Unix socket) if there is one, else bind; then serve them at PATH for the next instance.
+    /// Stop the old instance once the new one is listening [default: off]
+    #[arg(long, value_name = "PATH")]
+    pub handover: Option<std::path::PathBuf>,
+
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0 picks one)
     /// [default: off]
     #[arg(long, value_name = "ADDR", value_parser = parse_socket)]

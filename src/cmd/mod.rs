@@ -1,5 +1,5 @@
 //! The binary's parts besides `main`: its flags and addresses, its non-blocking output, its signals, its metrics
-//! endpoint, its advice on a taken port and on overlapping restarts, and its notifications to a service manager. The library
+//! endpoint, its advice on a taken port and on overlapping restarts, taking listeners over, and its notifications to a service manager. The library
 //! knows none of them.
 
 pub mod address;
@@ -10,3 +10,4 @@ pub mod migration;
 pub mod notify;
 pub mod output;
 pub mod signals;
+pub mod takeover;
