@@ -32,8 +32,8 @@ fn warning_for(migrate: Option<bool>) -> Option<String> {
     };
     Some(format!(
         "--reuse-port: {what}, so when an instance sharing this port stops, the connections still \
-         queued on its listener are reset; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1) for \
-         an overlapping restart that fails no request"
+         queued on its listener are reset; hand the listeners over instead (--handover), so none \
+         closes, or set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
     ))
 }
 
@@ -47,6 +47,7 @@ mod tests {
         for state in [Some(false), None] {
             let line = warning_for(state).expect("a warning");
             assert!(line.contains("tcp_migrate_req"), "{line}");
+            assert!(line.contains("--handover"), "{line}");
             assert!(
                 line.contains("sysctl -w net.ipv4.tcp_migrate_req=1"),
                 "{line}"
