@@ -344,7 +344,8 @@ impl Server {
     /// Copies of the listening sockets (duplicated descriptors) of the workers still running, for
     /// a new instance to serve on ([`Server::start_on`]) so that no listener closes across a
     /// restart: both instances accept from the same queues until this one stops. None once the
-    /// stop has begun.
+    /// stop has begun. A copy kept and not served keeps its socket open after this server stops,
+    /// queueing clients no one accepts: serve it or drop it.
     pub fn share_listeners(&self) -> io::Result<Vec<TcpListener>> {
         self.shared
             .copies()
