@@ -3,27 +3,24 @@
 
 use crate::dispatch::Readiness;
 
+/// The set with only these of the flags a wait reports for a plain edge.
+const fn only(readable: bool, writable: bool) -> Readiness {
+    Readiness {
+        readable,
+        writable,
+        read_closed: false,
+        hangup: false,
+        error: false,
+        urgent: false,
+    }
+}
+
 /// Nothing ready.
-pub const NONE: Readiness = Readiness {
-    readable: false,
-    writable: false,
-    read_closed: false,
-    hangup: false,
-    error: false,
-    urgent: false,
-};
-
+pub const NONE: Readiness = only(false, false);
 /// Input is waiting (`EPOLLIN`).
-pub const READABLE: Readiness = Readiness {
-    readable: true,
-    ..NONE
-};
-
+pub const READABLE: Readiness = only(true, false);
 /// The send buffer has room (`EPOLLOUT`).
-pub const WRITABLE: Readiness = Readiness {
-    writable: true,
-    ..NONE
-};
+pub const WRITABLE: Readiness = only(false, true);
 
 /// The merge of readiness sets.
 pub trait Union {

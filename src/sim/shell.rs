@@ -47,6 +47,21 @@ impl<E, W> Sim<E, W> {
         }
         verdict
     }
+
+    /// An operation on `sock`: the oracle checks the worker holds it open, then applies `rule`
+    /// to its link. Returns the link if it was open.
+    fn before_on(
+        &mut self,
+        sock: &SimSocket,
+        what: &str,
+        rule: impl FnOnce(&mut Oracle, &Kernel<E>, usize),
+    ) -> Option<usize> {
+        self.judge(|o, k| {
+            let link = o.on_socket(k, sock, what)?;
+            rule(o, k, link);
+            Some(link)
+        })
+    }
 }
 
 impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
@@ -66,7 +81,7 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
             .before_wait(&mut self.kernel, &self.oracle, deadline);
         self.judge(Oracle::waited);
         let batch = self.kernel.deliver(deadline);
-        if self.judge(|o, k| o.delivered(k, &batch)) {
+        if self.judge(|o, k| o.told_events(k, &batch)) {
             let at = self.kernel.now();
             self.kernel.note(Ev::Stop { at });
         }
@@ -79,19 +94,15 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
     fn accept(&mut self) -> io::Result<SimSocket> {
         self.judge(|o, k| o.on_listener(k, "accept"));
         let r = self.kernel.accept();
-        self.judge(|o, k| o.accepted(k, &r));
+        self.judge(|o, k| o.told_accept(k, &r));
         r
     }
 
     fn register(&mut self, sock: &SimSocket, token: Token) -> io::Result<()> {
-        let open = self.judge(|o, k| {
-            let link = o.on_socket(k, sock, "register")?;
-            o.register(k, link, token);
-            Some(link)
-        });
+        let open = self.before_on(sock, "register", |o, k, link| o.register(k, link, token));
         let r = self.kernel.register(sock, token);
         if let Some(link) = open {
-            self.oracle.registered(link, &r);
+            self.oracle.told_register(link, &r);
         }
         r
     }
@@ -100,39 +111,27 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
         let open = self.judge(|o, k| o.on_socket(k, sock, "read"));
         let r = self.kernel.read(sock, buf);
         if let Some(link) = open {
-            self.judge(|o, k| o.read(k, link, &r));
+            self.judge(|o, k| o.told_read(k, link, &r));
         }
         r
     }
 
     fn write(&mut self, sock: &SimSocket, buf: &[u8]) -> io::Result<usize> {
-        let open = self.judge(|o, k| {
-            let link = o.on_socket(k, sock, "write")?;
-            o.write(k, link, buf);
-            Some(link)
-        });
+        let open = self.before_on(sock, "write", |o, k, link| o.write(k, link, buf));
         let r = self.kernel.write(sock, buf);
         if let Some(link) = open {
-            self.judge(|o, k| o.wrote(k, link, buf, &r));
+            self.judge(|o, k| o.told_write(k, link, buf, &r));
         }
         r
     }
 
     fn shutdown_write(&mut self, sock: &SimSocket) {
-        self.judge(|o, k| {
-            let link = o.on_socket(k, sock, "shutdown_write")?;
-            o.shutdown_write(k, link);
-            Some(link)
-        });
+        self.before_on(sock, "shutdown_write", Oracle::shutdown_write);
         self.kernel.shutdown_write(sock);
     }
 
     fn close(&mut self, sock: SimSocket) {
-        self.judge(|o, k| {
-            let link = o.on_socket(k, &sock, "close")?;
-            o.close(k, link);
-            Some(link)
-        });
+        self.before_on(&sock, "close", Oracle::close);
         self.kernel.close(sock);
     }
 
@@ -145,7 +144,7 @@ impl<E: Entropy, W: World<E>> Io for Sim<E, W> {
         let open = self.judge(|o, k| o.on_socket(k, sock, "acked"));
         let r = self.kernel.acked(sock);
         if let Some(link) = open {
-            self.judge(|o, k| o.asked_acked(k, link));
+            self.judge(|o, k| o.told_acked(k, link));
         }
         r
     }

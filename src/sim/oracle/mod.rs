@@ -246,7 +246,7 @@ impl Oracle {
     }
 
     /// A wait reported `batch`. Returns true when it carried the stop to the worker.
-    pub fn delivered<E>(&mut self, k: &Kernel<E>, batch: &[(Token, Readiness)]) -> bool {
+    pub fn told_events<E>(&mut self, k: &Kernel<E>, batch: &[(Token, Readiness)]) -> bool {
         let woken = batch.iter().any(|(t, _)| *t == Token::WAKER);
         let takes_stop = woken && self.stop.is_none();
         if takes_stop {
@@ -275,7 +275,7 @@ impl Oracle {
     // ----- before each call -----
 
     /// Counts an operation; a round that never ends is a bug in the loop, reported at once.
-    pub fn op<E>(&mut self, k: &Kernel<E>) {
+    fn op<E>(&mut self, k: &Kernel<E>) {
         self.ops_since_wait += 1;
         assert!(
             self.ops_since_wait <= MAX_OPS_PER_WAIT,
@@ -426,7 +426,7 @@ impl Oracle {
 
     // ----- after each call: what the worker was told -----
 
-    pub fn accepted<E>(&mut self, k: &Kernel<E>, r: &io::Result<SimSocket>) {
+    pub fn told_accept<E>(&mut self, k: &Kernel<E>, r: &io::Result<SimSocket>) {
         let code = r.as_ref().err().and_then(io::Error::raw_os_error);
         self.exhausted = matches!(code, Some(libc::EMFILE | libc::ENFILE));
         let Ok(sock) = r else { return };
@@ -440,13 +440,13 @@ impl Oracle {
         }
     }
 
-    pub fn registered(&mut self, link: usize, r: &io::Result<()>) {
+    pub fn told_register(&mut self, link: usize, r: &io::Result<()>) {
         if r.is_err() {
             self.rec(link).excluded = Some("register failed");
         }
     }
 
-    pub fn read<E>(&mut self, k: &Kernel<E>, link: usize, r: &io::Result<usize>) {
+    pub fn told_read<E>(&mut self, k: &Kernel<E>, link: usize, r: &io::Result<usize>) {
         let n = match r {
             Err(e) => {
                 if e.raw_os_error() == Some(libc::ECONNRESET) {
@@ -494,7 +494,7 @@ impl Oracle {
         }
     }
 
-    pub fn wrote<E>(&mut self, k: &Kernel<E>, link: usize, buf: &[u8], r: &io::Result<usize>) {
+    pub fn told_write<E>(&mut self, k: &Kernel<E>, link: usize, buf: &[u8], r: &io::Result<usize>) {
         let l = &k.links[link];
         let n = match r {
             Err(e) => {
@@ -519,7 +519,7 @@ impl Oracle {
     }
 
     /// The worker asked what was acknowledged, and was told.
-    pub fn asked_acked<E>(&mut self, k: &Kernel<E>, link: usize) {
+    pub fn told_acked<E>(&mut self, k: &Kernel<E>, link: usize) {
         if k.links[link].down.acked < self.record(link).written {
             self.rec(link).told_unacked_at = k.now();
         }
