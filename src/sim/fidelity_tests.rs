@@ -1,6 +1,7 @@
-//! Fidelity of the simulated kernel, checked against the real one: scripted peers run against
+//! Fidelity of the model of Linux, checked against the real kernel: scripted peers run against
 //! real loopback sockets through the real shell, every outcome the shell sees is recorded, and the
-//! same script is replayed on the simulated kernel, which must be able to produce each outcome.
+//! same script is replayed on the model alone (no oracle), which must be able to produce each
+//! outcome.
 //! The simulation has to be a superset of what Linux does; a mismatch here is how the next
 //! assumption like "a short read means an empty socket" shows up.
 //!

@@ -4,8 +4,9 @@
 //! echo, vanish, reset), spurious and stale edges, a stop at any point, time passing the drain
 //! deadline, and worker turns whose injected outcomes (short and refused reads and writes, `EINTR`,
 //! resets, `EMFILE`, `ENFILE`, `ECONNABORTED`, failed registrations, short event batches) are drawn
-//! from the turn's seed. The kernel's record of each connection (bytes sent, read for echo, written
-//! back, discarded) is the reference model the properties are checked against.
+//! from the turn's seed. The model's links (bytes sent, delivered) and the oracle's record of each
+//! connection (bytes read for echo, written back, discarded; how it closed) are the reference the
+//! properties are checked against, with the rules the oracle saw broken.
 //!
 //! After the generated steps the run settles without faults and without new readable edges (only
 //! edges the kernel really raises: registration and writable-after-full), then clients finish, then
@@ -678,6 +679,6 @@ properties! {
     stop_accepts_nothing_and_closes_everything => Stop;
 
     /// The report balances (`bytes_read == bytes_written + bytes_dropped`) and agrees with the
-    /// kernel's record of every connection.
+    /// oracle's record of every connection.
     report_balances_and_matches_the_model => Balance;
 }

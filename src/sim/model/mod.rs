@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::entropy::Entropy;
 use super::faults::{Fault, Faults};
-use super::readiness::READABLE;
+use super::readiness::{READABLE, WRITABLE};
 use super::trace::{logged, Ev, Nanos, Trace};
 use crate::dispatch::{Readiness, Token};
 use epoll::Epoll;
@@ -476,14 +476,14 @@ impl<E: Entropy> Kernel<E> {
         }
         if self.fault(Fault::WriteEagain) {
             self.links[link].down.want_write = true;
-            self.edge(link, super::readiness::WRITABLE);
+            self.edge(link, WRITABLE);
             return errno(libc::EAGAIN);
         }
         let mut k = buf.len().min(room);
         if self.fault(Fault::WriteShort) {
             k = self.size(k);
             if k < room {
-                self.edge(link, super::readiness::WRITABLE);
+                self.edge(link, WRITABLE);
             }
         }
         if k < buf.len() {
