@@ -1,6 +1,7 @@
-//! Fidelity of the simulated kernel, checked against the real one: scripted peers run against
+//! Fidelity of the model of Linux, checked against the real kernel: scripted peers run against
 //! real loopback sockets through the real shell, every outcome the shell sees is recorded, and the
-//! same script is replayed on the simulated kernel, which must be able to produce each outcome.
+//! same script is replayed on the model alone (no oracle), which must be able to produce each
+//! outcome.
 //! The simulation has to be a superset of what Linux does; a mismatch here is how the next
 //! assumption like "a short read means an empty socket" shows up.
 //!
@@ -24,10 +25,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::kernel::{Choices, SimSocket, Steer};
-use super::link::Break;
+use super::model::link::Break;
+use super::model::{Choices, SimSocket, Steer};
+use super::readiness::NONE;
 use super::*;
-use crate::dispatch::{Settings, Token};
+use crate::dispatch::{Readiness, Token};
 use crate::io::Io;
 use crate::sys::{bind_listener, Claim, EpollShell, Waker};
 
@@ -409,14 +411,10 @@ struct Replay {
 
 impl Replay {
     fn new() -> Replay {
-        // Buffers as large as the real ones can be: the sim never runs short of room first. The
-        // replay writes bytes no client sent: the echo rules do not apply.
-        let setup = Setup {
-            strict: false,
-            ..Setup::for_worker(&Settings::default(), Faults::none())
-        };
+        // The model alone, with no oracle: the replay writes bytes no client sent, and only the
+        // model's answers are compared with Linux's.
         Replay {
-            kernel: Kernel::new(SeedRng::new(0), setup),
+            kernel: Kernel::new(SeedRng::new(0), Setup::new(Faults::none())),
             link: None,
             sock: None,
         }
@@ -527,10 +525,10 @@ impl Replay {
                 }
             }
             Step::Await(flags) => {
-                let mut owed = Readiness::NONE;
+                let mut owed = NONE;
                 for s in seen {
                     match s {
-                        Seen::Event(real) => owed = owed.or(self.event(*real)?),
+                        Seen::Event(real) => owed = owed.union(self.event(*real)?),
                         _ => self.produce(*s, 0)?,
                     }
                 }
@@ -553,11 +551,9 @@ impl Replay {
         let link = &self.kernel.links[self.link()];
         // A spurious readable or writable edge, and the socket's standing conditions, may come
         // with any event.
-        let owed = pending.unwrap_or(Readiness::NONE);
-        let allowed = owed
-            .or(link.standing())
-            .or(Readiness::READABLE.or(Readiness::WRITABLE));
-        if real.or(allowed) == allowed {
+        let owed = pending.unwrap_or(NONE);
+        let allowed = owed.union(link.standing()).union(READABLE.union(WRITABLE));
+        if real.union(allowed) == allowed {
             Ok(owed)
         } else {
             Err(format!(
@@ -578,7 +574,7 @@ impl Replay {
             }
             got += bytes.len();
         }
-        let end = if self.kernel.links[link].audit.reset_by_server {
+        let end = if self.kernel.links[link].reset_by_server {
             ClientEnd::Reset
         } else if self.kernel.client_eof(link) {
             ClientEnd::Eof
@@ -829,7 +825,7 @@ fn a_reset_with_and_without_unread_data() {
 /// An event carrying an error: what a reset raises.
 const ERROR: Readiness = Readiness {
     error: true,
-    ..Readiness::NONE
+    ..NONE
 };
 
 /// A full send buffer: no writable edge while the client reads nothing, and one once it has read
@@ -848,7 +844,7 @@ fn a_full_window_refuses_writes_until_the_peer_reads() {
             Quiet,
             Acked,
             ClientReadAll,
-            Await(Readiness::WRITABLE),
+            Await(WRITABLE),
             Fill,
             Acked,
         ],

@@ -23,7 +23,7 @@ impl Harness {
             ..Settings::default()
         };
         Harness {
-            worker: stepped(Setup::for_worker(&settings, Faults::none()), settings),
+            worker: stepped(Setup::new(Faults::none()), Terms::of(&settings), settings),
         }
     }
 
@@ -166,7 +166,7 @@ fn a_write_that_would_block_is_not_progress() {
     while !h.closed(c) {
         h.kernel().advance(TIMEOUT / 4);
         waited += TIMEOUT / 4;
-        h.kernel().inject_edge(c, Readiness::WRITABLE);
+        h.kernel().inject_edge(c, WRITABLE);
         h.settle();
         assert!(
             waited <= 3 * TIMEOUT,

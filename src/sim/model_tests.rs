@@ -4,8 +4,9 @@
 //! echo, vanish, reset), spurious and stale edges, a stop at any point, time passing the drain
 //! deadline, and worker turns whose injected outcomes (short and refused reads and writes, `EINTR`,
 //! resets, `EMFILE`, `ENFILE`, `ECONNABORTED`, failed registrations, short event batches) are drawn
-//! from the turn's seed. The kernel's record of each connection (bytes sent, read for echo, written
-//! back, discarded) is the reference model the properties are checked against.
+//! from the turn's seed. The model's links (bytes sent, delivered) and the oracle's record of each
+//! connection (bytes read for echo, written back, discarded; how it closed) are the reference the
+//! properties are checked against, with the rules the oracle saw broken.
 //!
 //! After the generated steps the run settles without faults and without new readable edges (only
 //! edges the kernel really raises: registration and writable-after-full), then clients finish, then
@@ -17,7 +18,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-use super::link::{Break, Stage};
+use super::model::link::{Break, Stage};
 use super::*;
 use crate::dispatch::Settings;
 use crate::report::Counter;
@@ -213,16 +214,16 @@ impl Model {
             idle_timeout: case.idle_ms.map(Duration::from_millis),
             ..Settings::default()
         };
-        let setup = Setup {
+        let terms = Terms {
             strict: false,
-            ..Setup::for_worker(&settings, step_faults())
+            ..Terms::of(&settings)
         };
         Model {
             cap: case.max_pending,
             drain: settings.drain_timeout,
             window: case.window,
             peer_window: case.peer_window,
-            worker: stepped(setup, settings),
+            worker: stepped(Setup::new(step_faults()), terms, settings),
             cooperate: case.cooperate,
             read_after_stop: case.read_after_stop,
             clients: Vec::new(),
@@ -236,6 +237,10 @@ impl Model {
 
     fn kernel(&self) -> &Kernel<SeedRng> {
         &self.worker.io().kernel
+    }
+
+    fn oracle(&self) -> &Oracle {
+        &self.worker.io().oracle
     }
 
     fn violate(&mut self, prop: Prop, what: String) {
@@ -317,24 +322,22 @@ impl Model {
             }
             Op::ReadableEdge(c) => {
                 if let Some(l) = self.pick(c) {
-                    self.k().inject_edge(l, Readiness::READABLE);
+                    self.k().inject_edge(l, READABLE);
                 }
             }
             Op::WritableEdge(c) => {
                 if let Some(l) = self.pick(c) {
-                    self.k().inject_edge(l, Readiness::WRITABLE);
+                    self.k().inject_edge(l, WRITABLE);
                 }
             }
             Op::Hangup(c) => {
                 if let Some(l) = self.pick(c).filter(|&l| self.intact(l)) {
                     self.k().client_vanish(l);
-                    self.k().links[l].excluded = Some("vanished");
                 }
             }
             Op::ErrorEdge(c) => {
                 if let Some(l) = self.pick(c).filter(|&l| self.intact(l)) {
                     self.k().client_reset(l);
-                    self.k().links[l].excluded = Some("reset");
                 }
             }
             Op::StaleEdge(c) => {
@@ -344,7 +347,7 @@ impl Model {
                 {
                     let r = Readiness {
                         error: true,
-                        ..Readiness::READABLE.or(Readiness::WRITABLE)
+                        ..READABLE.union(WRITABLE)
                     };
                     self.k().inject_stale(token, r);
                 }
@@ -384,7 +387,7 @@ impl Model {
     /// The client reads everything echoed so far.
     fn drain(&mut self, link: usize) {
         let l = &self.kernel().links[link];
-        if l.broken == Break::Intact && !l.audit.reset_by_server {
+        if l.broken == Break::Intact && !l.reset_by_server {
             self.k().client_recv(link, usize::MAX);
         }
     }
@@ -397,22 +400,24 @@ impl Model {
 
     fn deadline(&self) -> Option<u64> {
         let drain = self.drain.as_nanos() as u64;
-        self.kernel().stop_at().map(|t| t.saturating_add(drain))
+        self.oracle().stop_at().map(|t| t.saturating_add(drain))
     }
 
     fn check_cap(&mut self) {
-        if self.kernel().past_deadline() {
+        if self.oracle().past_deadline(self.kernel().now()) {
             // What is read past the deadline is dropped at once, never held.
             return;
         }
         let cap = self.cap as u64;
+        let oracle = self.oracle();
         let over: Vec<(usize, u64)> = self
             .kernel()
             .links
             .iter()
             .enumerate()
             .filter(|(_, l)| l.is_open() && l.broken != Break::Reset)
-            .map(|(i, l)| (i, l.audit.echo_read - l.audit.written))
+            .map(|(i, _)| (i, oracle.record(i)))
+            .map(|(i, r)| (i, r.echo_read - r.written))
             .filter(|&(_, pending)| pending > cap)
             .collect();
         for (link, pending) in over {
@@ -440,7 +445,7 @@ impl Model {
             if self.worker.core().is_finished() {
                 return;
             }
-            let reading = self.read_after_stop || self.kernel().stop_at().is_none();
+            let reading = self.read_after_stop || self.oracle().stop_at().is_none();
             for link in self.clients.clone().into_iter().flatten() {
                 if reading {
                     self.drain(link);
@@ -467,8 +472,9 @@ impl Model {
     /// Nothing known to be waiting is left waiting after a settle.
     fn check_nothing_forgotten(&mut self) {
         let mut found = Vec::new();
-        let peers_read = self.read_after_stop || self.kernel().stop_at().is_none();
+        let peers_read = self.read_after_stop || self.oracle().stop_at().is_none();
         for (i, l) in self.kernel().links.iter().enumerate() {
+            let r = self.oracle().record(i);
             // A peer that does not read holds its connection up once the send buffer is full:
             // waiting for it is not forgetting it.
             if !l.is_open() || (!peers_read && l.down.room() == 0) {
@@ -476,9 +482,9 @@ impl Model {
             }
             if l.up.queued() > 0 {
                 found.push(format!("link {i}: {} bytes never read", l.up.queued()));
-            } else if l.audit.echo_read > l.audit.written {
+            } else if r.echo_read > r.written {
                 found.push(format!("link {i}: echo never flushed"));
-            } else if l.audit.eof_read && l.audit.eof_before_stop && !l.write_shut {
+            } else if r.eof_read && r.eof_before_stop && !l.write_shut {
                 // After the stop a finished peer waits for its acknowledgement like any other.
                 found.push(format!("link {i}: EOF but not closed"));
             }
@@ -493,25 +499,28 @@ impl Model {
 
     fn check_echo_complete(&mut self) {
         let mut found = Vec::new();
-        for (i, l) in self.kernel().links.iter().enumerate() {
+        let (k, oracle) = (self.kernel(), self.oracle());
+        for (i, l) in k.links.iter().enumerate() {
+            let r = oracle.record(i);
+            let excluded = oracle.excluded(k, i).is_some();
             // Before the deadline no RST may destroy echo: a close comes only once the peer
             // holds every byte, whatever the peer sends after it.
-            let spared = l.excluded.is_some() || l.audit.deadline_close || l.audit.idle_close;
-            if l.stage == Stage::Closed && l.audit.reset_by_server && !spared {
+            let spared = excluded || r.deadline_close || r.idle_close;
+            if l.stage == Stage::Closed && l.reset_by_server && !spared {
                 found.push(format!("link {i}: reset by the server before the deadline"));
             }
             let clean = l.stage == Stage::Closed
-                && l.audit.eof_read
-                && l.excluded.is_none()
-                && !l.audit.deadline_close
-                && !l.audit.idle_close;
+                && r.eof_read
+                && !excluded
+                && !r.deadline_close
+                && !r.idle_close;
             if !clean {
                 continue;
             }
             // Drained: everything read for echoing came back, and all input was read for echoing
             // unless the stop came first.
-            let (sent, read, echoed) = (l.up.sent.len() as u64, l.audit.echo_read, l.audit.written);
-            let read_all = read == sent || !l.audit.closed_before_stop;
+            let (sent, read, echoed) = (l.up.sent.len() as u64, r.echo_read, r.written);
+            let read_all = read == sent || !r.closed_before_stop;
             if echoed != read || !read_all {
                 found.push(format!(
                     "link {i}: sent {sent}, read {read}, echoed {echoed} after a clean close"
@@ -527,17 +536,17 @@ impl Model {
     /// Connections closed during the stop, before the deadline and without an error, whose input
     /// that arrived before the stop was not all echoed.
     fn lost_before_the_cut(&self) -> Vec<String> {
-        let k = self.kernel();
+        let (k, oracle) = (self.kernel(), self.oracle());
         (0..k.links.len())
             .filter_map(|i| {
-                let l = &k.links[i];
-                let judged = l.stage == Stage::Closed
-                    && !l.audit.closed_before_stop
-                    && !l.audit.deadline_close
-                    && !l.audit.error_told
-                    && l.excluded.is_none();
-                let cut = l.audit.cut?;
-                let (read, echoed) = (l.audit.echo_read, l.audit.written);
+                let r = oracle.record(i);
+                let judged = k.links[i].stage == Stage::Closed
+                    && !r.closed_before_stop
+                    && !r.deadline_close
+                    && !r.error_told
+                    && oracle.excluded(k, i).is_none();
+                let cut = r.cut?;
+                let (read, echoed) = (r.echo_read, r.written);
                 (judged && (read < cut || echoed < read)).then(|| {
                     format!("link {i}: {cut} bytes arrived before the stop, {read} read, {echoed} echoed")
                 })
@@ -562,17 +571,17 @@ impl Model {
 
     fn check_report(&mut self) {
         let report = self.worker.core().report();
-        let wrong = self.kernel().audit(&report);
+        let wrong = self.oracle().audit(self.kernel(), &report);
         if !wrong.is_empty() {
             self.violate(Prop::Balance, format!("{wrong:?} in {report}"));
         }
     }
 
-    /// Everything found: the model's own checks and the rules the kernel saw broken.
+    /// Everything found: the model's own checks and the rules the oracle saw broken.
     fn into_violations(self) -> Vec<(Prop, String)> {
         let trace = self.kernel().trace();
         let mut all = self.violations;
-        all.extend(self.worker.io().kernel.violations().iter().map(|v| {
+        all.extend(self.worker.io().oracle.violations().iter().map(|v| {
             (
                 Prop::from(v.rule),
                 format!("{}\nlast steps:\n{trace}", v.what),
@@ -593,7 +602,7 @@ fn run(case: &Case) -> Vec<(Prop, String)> {
     m.settle(before_deadline);
     m.check_nothing_forgotten();
     // Phase 2: clients finish and everything drains.
-    if case.finish_before_stop && m.kernel().stop_at().is_none() {
+    if case.finish_before_stop && m.oracle().stop_at().is_none() {
         for link in m.connected() {
             m.finish(link);
         }
@@ -601,7 +610,7 @@ fn run(case: &Case) -> Vec<(Prop, String)> {
         m.check_nothing_forgotten();
     }
     // Phase 3: stop, settle, then let the drain deadline pass.
-    if m.kernel().stop_at().is_none() {
+    if m.oracle().stop_at().is_none() {
         m.k().request_stop();
     }
     m.turn();
@@ -670,6 +679,6 @@ properties! {
     stop_accepts_nothing_and_closes_everything => Stop;
 
     /// The report balances (`bytes_read == bytes_written + bytes_dropped`) and agrees with the
-    /// kernel's record of every connection.
+    /// oracle's record of every connection.
     report_balances_and_matches_the_model => Balance;
 }

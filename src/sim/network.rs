@@ -9,14 +9,16 @@
 //! neither loop without progress nor outlive its drain deadline. At the end: every socket closed
 //! exactly once; each client that did not reset got back everything the server read from it before
 //! the stop, then EOF, and was never reset (the whole payload when the server saw its EOF before the
-//! stop); the report agrees with the kernel's audit.
+//! stop); the report agrees with the oracle's audit.
 
 use std::ops::AddAssign;
 
 use super::entropy::Entropy;
-use super::kernel::{Kernel, Refused, World};
-use super::link::{Break, Link, Stage};
+use super::model::link::{Break, Link, Stage};
+use super::model::{Kernel, Refused};
+use super::oracle::{Oracle, Record};
 use super::scenario::{ClientSpec, Finish, Scenario, MICRO, MILLI};
+use super::shell::World;
 use super::trace::{Ev, Nanos};
 use crate::dispatch::MAX_ACCEPT_BACKOFF;
 use crate::report::{Counter, Report};
@@ -222,14 +224,13 @@ impl Network {
         if let Finish::Reset { after } = spec.finish {
             if l.up.sent.len() >= after {
                 k.client_reset(link);
-                k.links[link].excluded = Some("reset itself");
                 self.stats.client_resets += 1;
                 self.done(c);
                 return;
             }
         }
-        let reset_after_echo = l.audit.fin_destroyed && l.down.unread() == 0;
-        if (l.stage == Stage::Closed && l.audit.reset_by_server)
+        let reset_after_echo = l.fin_destroyed && l.down.unread() == 0;
+        if (l.stage == Stage::Closed && l.reset_by_server)
             || l.broken == Break::Reset
             || reset_after_echo
         {
@@ -333,7 +334,7 @@ impl Network {
     }
 
     /// The network went quiet before the stop: nothing may be left waiting on the worker.
-    fn check_quiet<E: Entropy>(&self, k: &Kernel<E>, timers_only: bool) {
+    fn check_quiet<E: Entropy>(&self, k: &Kernel<E>, oracle: &Oracle, timers_only: bool) {
         // Accepts that keep failing (descriptors full, or injected EMFILE) may leave the backlog
         // waiting, as long as the worker retries at least every back-off period.
         let retry_within = MAX_ACCEPT_BACKOFF.as_nanos() as Nanos + 50 * MILLI;
@@ -343,13 +344,13 @@ impl Network {
             k.backlog_len() == 0 || (timers_only && retrying),
             "the worker went idle with {} connection(s) waiting in the backlog and free descriptors\n{}",
             k.backlog_len(),
-            k.state_dump()
+            oracle.state_dump(k)
         );
         for (i, l) in k.links.iter().enumerate() {
-            if l.is_open() && l.broken != Break::Reset && !satisfied(l) {
+            if l.is_open() && l.broken != Break::Reset && !satisfied(l, oracle.record(i)) {
                 panic!(
                     "the worker went idle while link {i} still waits on it\n{}",
-                    k.state_dump()
+                    oracle.state_dump(k)
                 );
             }
         }
@@ -357,7 +358,12 @@ impl Network {
 
     /// After the worker returned: let clients finish, then check every rule that concerns the whole
     /// run. Returns the run's counters.
-    pub fn finish<E: Entropy>(&mut self, k: &mut Kernel<E>, report: Report) -> Stats {
+    pub fn finish<E: Entropy>(
+        &mut self,
+        k: &mut Kernel<E>,
+        oracle: &Oracle,
+        report: Report,
+    ) -> Stats {
         assert_eq!(
             k.listener_closes(),
             1,
@@ -377,13 +383,13 @@ impl Network {
             assert!(
                 rounds < MAX_WAITS,
                 "clients never finished\n{}",
-                k.state_dump()
+                oracle.state_dump(k)
             );
         }
         for link in 0..k.links.len() {
-            self.check_client(k, link);
+            self.check_client(k, oracle, link);
         }
-        let wrong = k.audit(&report);
+        let wrong = oracle.audit(k, &report);
         assert!(
             wrong.is_empty(),
             "report {report} disagrees with the kernel: {wrong:?}"
@@ -405,30 +411,23 @@ impl Network {
 
 impl Network {
     /// What one served client must have got by the end of the run.
-    fn check_client<E: Entropy>(&mut self, k: &Kernel<E>, link: usize) {
+    fn check_client<E: Entropy>(&mut self, k: &Kernel<E>, oracle: &Oracle, link: usize) {
         let l = &k.links[link];
-        if l.stage != Stage::Closed || l.excluded.is_some() {
+        if l.stage != Stage::Closed || oracle.excluded(k, link).is_some() {
             return;
         }
-        let why = |what: &str| format!("link {link}: {what}\n{}", k.state_dump());
-        if l.audit.deadline_close || l.audit.idle_close {
+        let r = oracle.record(link);
+        let why = |what: &str| format!("link {link}: {what}\n{}", oracle.state_dump(k));
+        if r.deadline_close || r.idle_close {
             // Cut by the server: what the client got is a prefix of what was written.
             let received = l.down.received as u64;
-            assert!(
-                received <= l.audit.written,
-                "{}",
-                why("got more than written")
-            );
+            assert!(received <= r.written, "{}", why("got more than written"));
             return;
         }
-        assert!(
-            !l.audit.reset_by_server,
-            "{}",
-            why("was reset by the server")
-        );
-        let (read, written) = (l.audit.echo_read, l.audit.written);
+        assert!(!l.reset_by_server, "{}", why("was reset by the server"));
+        let (read, written) = (r.echo_read, r.written);
         assert_eq!(written, read, "{}", why("echo lost bytes the server read"));
-        if let (Some(cut), false) = (l.audit.cut, l.audit.error_told) {
+        if let (Some(cut), false) = (r.cut, r.error_told) {
             assert!(
                 read >= cut,
                 "{}",
@@ -438,10 +437,10 @@ impl Network {
         let received = l.down.received as u64;
         assert_eq!(received, written, "{}", why("did not get what was written"));
         let client = &self.clients[self.owner[link]];
-        if client.spec.finish != Finish::CloseAfterEcho && !l.audit.fin_destroyed {
+        if client.spec.finish != Finish::CloseAfterEcho && !l.fin_destroyed {
             assert!(l.down.saw_eof, "{}", why("never saw the server's FIN"));
         }
-        if l.audit.eof_before_stop {
+        if r.eof_before_stop {
             let whole = client.spec.payload.len();
             assert_eq!(l.down.received, whole, "{}", why("finished but short"));
             self.stats.full_echoes += 1;
@@ -450,16 +449,16 @@ impl Network {
 }
 
 /// The client is waiting for nothing more from the server (echo complete, FIN not pending).
-fn satisfied(l: &Link) -> bool {
+fn satisfied(l: &Link, r: &Record) -> bool {
     l.up.queued() == 0
         && !l.up.fin
         && l.down.unread() == 0
-        && l.audit.written == l.audit.echo_read
-        && l.audit.echo_read == l.up.sent.len() as u64
+        && r.written == r.echo_read
+        && r.echo_read == l.up.sent.len() as u64
 }
 
 impl<E: Entropy> World<E> for Network {
-    fn before_wait(&mut self, k: &mut Kernel<E>, deadline: Option<Nanos>) {
+    fn before_wait(&mut self, k: &mut Kernel<E>, oracle: &Oracle, deadline: Option<Nanos>) {
         self.idle_waits += 1;
         self.sync_progress(k);
         assert!(
@@ -467,13 +466,13 @@ impl<E: Entropy> World<E> for Network {
             "the worker loops without progress ({} waits, {} since progress)\n{}",
             k.counts.waits,
             self.idle_waits,
-            k.state_dump()
+            oracle.state_dump(k)
         );
-        if let Some(t) = k.stop_at() {
+        if let Some(t) = oracle.stop_at() {
             assert!(
                 k.now() < t + self.drain + QUIET_AFTER,
                 "the worker did not finish after its drain deadline\n{}",
-                k.state_dump()
+                oracle.state_dump(k)
             );
         }
         // Time the worker spent since its last wait.
@@ -490,11 +489,11 @@ impl<E: Entropy> World<E> for Network {
             match wake {
                 None => {
                     assert!(
-                        k.stop_at().is_none(),
+                        oracle.stop_at().is_none(),
                         "the worker blocks forever after the stop\n{}",
-                        k.state_dump()
+                        oracle.state_dump(k)
                     );
-                    self.check_quiet(k, false);
+                    self.check_quiet(k, oracle, false);
                     self.begin_stop(k.now());
                 }
                 Some(t) => {
@@ -503,14 +502,18 @@ impl<E: Entropy> World<E> for Network {
                 }
             }
             if !self.stop_requested && k.now() - self.last_progress >= QUIET_AFTER {
-                self.check_quiet(k, true);
+                self.check_quiet(k, oracle, true);
                 self.begin_stop(k.now());
             }
         }
         if self.stop_due(k.now()) {
             self.stop_requested = true;
             k.request_stop();
-            if k.links.iter().any(|l| l.is_open() && !satisfied(l)) {
+            let open = k.links.iter().enumerate().filter(|(_, l)| l.is_open());
+            if open
+                .into_iter()
+                .any(|(i, l)| !satisfied(l, oracle.record(i)))
+            {
                 self.stats.stop_with_traffic += 1;
             }
         }

@@ -3,8 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-use super::Readiness;
-use crate::dispatch::Token;
+use crate::dispatch::{Readiness, Token};
 
 /// Virtual time in nanoseconds.
 pub type Nanos = u64;
@@ -40,7 +39,6 @@ pub enum Ev {
     Close {
         link: usize,
         unread: usize,
-        deadline: bool,
     },
     CloseListener,
     /// What the client's kernel acknowledged, as the worker was told.

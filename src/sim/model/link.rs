@@ -1,13 +1,12 @@
 //! One simulated TCP connection, both ends: what the client sent and the server has not read; what
 //! the server wrote that the client's kernel has not acknowledged (the server's send queue), and
 //! what it acknowledged that the client has not read (the client's receive buffer, bounded by its
-//! window); the FINs and resets; and the counts the audit compares with the worker's report.
+//! window); the FINs and resets.
 //!
 //! The client's kernel acknowledges what lands in its receive buffer, whether or not the client
 //! reads it: bytes land when the kernel says so ([`Link::land`]), as far as the window allows. Our
 //! FIN lands after the last byte, and only into an open window. What the client's kernel
-//! acknowledged is the oracle's own record ([`Downstream::acked`]), kept apart from what the
-//! client read.
+//! acknowledged ([`Downstream::acked`]) is kept apart from what the client read.
 //!
 //! Client-side operations return the readiness they raise on the server's socket, the way Linux
 //! reports it: new input raises readable; an urgent byte (`MSG_OOB`) raises readable + PRI; a FIN
@@ -21,8 +20,8 @@
 
 use std::collections::VecDeque;
 
-use super::Readiness;
-use crate::dispatch::Token;
+use crate::dispatch::{Readiness, Token};
+use crate::sim::readiness::{NONE, READABLE, WRITABLE};
 
 /// Where the connection is in its life, as the server's kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +105,7 @@ pub struct Downstream {
     pub inbox: VecDeque<u8>,
     /// The client's receive buffer: the most that may be acknowledged and unread.
     pub window: usize,
-    /// Bytes the client's kernel acknowledged, in all: the oracle's record of what was delivered.
+    /// Bytes the client's kernel acknowledged, in all: what was delivered.
     pub acked: u64,
     /// The client's kernel acknowledged our FIN.
     pub fin_acked: bool,
@@ -132,46 +131,6 @@ impl Downstream {
     }
 }
 
-/// What the server did with the bytes, for the audit.
-#[derive(Debug, Default)]
-pub struct Audit {
-    /// Bytes read before the server shut its write side: to be echoed.
-    pub echo_read: u64,
-    /// Bytes read after the server shut its write side: discarded.
-    pub discarded: u64,
-    /// Bytes of echo written.
-    pub written: u64,
-    /// A read returned EOF.
-    pub eof_read: bool,
-    /// A read returned EOF before the stop.
-    pub eof_before_stop: bool,
-    /// The server closed it before the stop.
-    pub closed_before_stop: bool,
-    /// The server closed it at or after the drain deadline.
-    pub deadline_close: bool,
-    /// A RST from the server destroyed echo: it closed with input unread, or the client sent to
-    /// a socket closed with echo unacknowledged.
-    pub reset_by_server: bool,
-    /// A RST from the server took our FIN before it landed: the client read the whole echo, then
-    /// the reset.
-    pub fin_destroyed: bool,
-    /// The worker was told of an error on this socket: an error event or a failed read or write.
-    pub error_told: bool,
-    /// What the client's kernel had acknowledged when the server closed the socket.
-    pub acked_at_close: Option<u64>,
-    /// When the kernel last told the worker that not every byte written was acknowledged.
-    pub told_unacked_at: u64,
-    /// The stop's cut: how much the client had sent when the worker took the stop (or, queued in
-    /// the backlog then, when it was accepted). All of it is owed an echo before the deadline.
-    pub cut: Option<u64>,
-    /// The client connected after the worker took the stop: the kernel may refuse it.
-    pub after_stop: bool,
-    /// When the worker last read or wrote a byte on it (or accepted it).
-    pub last_io: u64,
-    /// The server closed it for silence (before the stop, without an error or its peer's EOF).
-    pub idle_close: bool,
-}
-
 /// One connection.
 #[derive(Debug)]
 pub struct Link {
@@ -185,9 +144,12 @@ pub struct Link {
     /// A RST from the server's kernel reached the client (it sent to a closed socket): its sends
     /// fail from then on, while it still reads what its kernel holds.
     pub rst_to_client: bool,
-    pub audit: Audit,
-    /// Why the end-of-run echo checks do not apply, if they do not.
-    pub excluded: Option<&'static str>,
+    /// A RST from the server destroyed echo before it landed: it closed with input unread, or the
+    /// client sent to a socket closed with echo unacknowledged. The client's next call fails.
+    pub reset_by_server: bool,
+    /// A RST from the server took our FIN before it landed: the client reads the whole echo, then
+    /// the reset.
+    pub fin_destroyed: bool,
     /// When a byte last moved on it, either way, or it was opened.
     pub last_active: u64,
 }
@@ -210,8 +172,8 @@ impl Link {
             broken: Break::Intact,
             write_shut: false,
             rst_to_client: false,
-            audit: Audit::default(),
-            excluded: None,
+            reset_by_server: false,
+            fin_destroyed: false,
             last_active: 0,
         }
     }
@@ -258,7 +220,7 @@ impl Link {
             hangup: reset || self.broken == Break::Gone || (self.up.fin && self.write_shut),
             error: reset,
             urgent: self.up.urgent_at.is_some(),
-            ..Readiness::NONE
+            ..NONE
         }
     }
 
@@ -267,7 +229,7 @@ impl Link {
     /// The client sends `bytes` (the caller keeps them within `send_room`).
     pub fn send(&mut self, bytes: &[u8]) -> Readiness {
         self.up.sent.extend_from_slice(bytes);
-        Readiness::READABLE
+        READABLE
     }
 
     /// The client sends `bytes` with `MSG_OOB`: the last of them is urgent.
@@ -278,7 +240,7 @@ impl Link {
         }
         Readiness {
             urgent: true,
-            ..Readiness::READABLE
+            ..READABLE
         }
     }
 
@@ -289,7 +251,7 @@ impl Link {
             read_closed: true,
             hangup: self.write_shut,
             writable: self.write_shut,
-            ..Readiness::READABLE
+            ..READABLE
         }
     }
 
@@ -299,7 +261,7 @@ impl Link {
     pub fn land(&mut self, max: usize) -> Readiness {
         if self.broken != Break::Intact {
             // The client's kernel is gone or reset the connection: nothing lands any more.
-            return Readiness::NONE;
+            return NONE;
         }
         let d = &mut self.down;
         let k = max.min(d.queue.len()).min(d.window_room());
@@ -311,9 +273,9 @@ impl Link {
         }
         if d.want_write && d.room() >= d.write_space {
             d.want_write = false;
-            return Readiness::WRITABLE;
+            return WRITABLE;
         }
-        Readiness::NONE
+        NONE
     }
 
     /// The client reads up to `max` bytes of what landed; its window opens again.
@@ -352,7 +314,7 @@ impl Link {
         self.up.fin = true;
         Readiness {
             hangup: true,
-            ..Readiness::NONE
+            ..NONE
         }
     }
 }
@@ -375,11 +337,11 @@ mod tests {
     fn freed_room_raises_writable_only_when_owed_and_large_enough() {
         let mut l = Link::new(10, 10, 4, 100);
         l.down.queue.extend([1u8; 10]);
-        assert_eq!(l.land(5), Readiness::NONE, "no write was refused");
+        assert_eq!(l.land(5), NONE, "no write was refused");
         l.down.queue.extend([1u8; 5]);
         l.down.want_write = true;
-        assert_eq!(l.land(3), Readiness::NONE, "3 free, 4 needed");
-        assert_eq!(l.land(1), Readiness::WRITABLE);
+        assert_eq!(l.land(3), NONE, "3 free, 4 needed");
+        assert_eq!(l.land(1), WRITABLE);
         assert!(!l.down.want_write);
     }
 
@@ -457,7 +419,7 @@ mod tests {
             l.current_readiness(),
             Readiness {
                 writable: true,
-                ..Readiness::NONE
+                ..NONE
             }
         );
         l.send(b"x");
