@@ -18,8 +18,8 @@ pub struct Readiness {
     pub urgent: bool,
 }
 
-/// Named readiness sets and the merge of two, for the simulated kernel and the tests.
-#[cfg(any(test, feature = "sim"))]
+/// Named readiness sets for the core's tests.
+#[cfg(test)]
 impl Readiness {
     /// Nothing ready.
     pub const NONE: Readiness = Readiness {
@@ -40,18 +40,6 @@ impl Readiness {
         writable: true,
         ..Readiness::NONE
     };
-
-    /// Both sets of flags, as epoll merges edges that come before a wait.
-    pub fn or(self, other: Readiness) -> Readiness {
-        Readiness {
-            readable: self.readable || other.readable,
-            writable: self.writable || other.writable,
-            read_closed: self.read_closed || other.read_closed,
-            hangup: self.hangup || other.hangup,
-            error: self.error || other.error,
-            urgent: self.urgent || other.urgent,
-        }
-    }
 }
 
 /// What the shell must do next. Actions that name a [`Token`] concern a live connection; `Accept`,
@@ -244,39 +232,6 @@ impl<S> AcceptOutcome<S> {
 mod tests {
     use super::*;
     use std::io::Error;
-
-    #[test]
-    fn merged_edges_keep_every_flag_of_either() {
-        let flags = |r: Readiness| {
-            [
-                r.readable,
-                r.writable,
-                r.read_closed,
-                r.hangup,
-                r.error,
-                r.urgent,
-            ]
-        };
-        let one = |i: usize| {
-            let mut f = [false; 6];
-            f[i] = true;
-            Readiness {
-                readable: f[0],
-                writable: f[1],
-                read_closed: f[2],
-                hangup: f[3],
-                error: f[4],
-                urgent: f[5],
-            }
-        };
-        for i in 0..6 {
-            for j in 0..6 {
-                let merged = flags(one(i).or(one(j)));
-                let want: Vec<bool> = (0..6).map(|k| k == i || k == j).collect();
-                assert_eq!(merged.to_vec(), want, "{i} or {j}");
-            }
-        }
-    }
 
     #[test]
     fn read_results_are_classified() {
