@@ -291,12 +291,19 @@ fn print_stats(stats: &LiveStats, output: &Output) {
 fn summarize(report: &Report, output: &Output) {
     log::info!("stopped: {report}");
     log::info!("{}", balance_line(report));
-    let dropped = output.stderr.dropped() + output.stdout.dropped();
-    if dropped > 0 {
-        log::warn!(
-            "{dropped} log lines were dropped: the log queue was full (the output did not keep up)"
-        );
+    if let Some(warning) = dropped_warning(output.stdout.dropped(), output.stderr.dropped()) {
+        log::warn!("{warning}");
     }
+}
+
+/// The warning for lines the output queues dropped, if any were.
+fn dropped_warning(stdout: u64, stderr: u64) -> Option<String> {
+    let dropped = stdout + stderr;
+    (dropped > 0).then(|| {
+        format!(
+            "{dropped} log lines were dropped: the log queue was full (the output did not keep up)"
+        )
+    })
 }
 
 /// `bytes_read` against the fate of every byte. It holds by construction of the counts (each byte
@@ -357,4 +364,56 @@ fn cannot_serve_metrics(addr: SocketAddr, e: &std::io::Error) -> String {
 /// The error says another socket already listens on the address.
 fn in_use(e: &StartError) -> bool {
     matches!(e, StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report with these counters set and every other one zero.
+    fn report(values: &[(Counter, u64)]) -> Report {
+        let line: Vec<String> = Counter::ALL
+            .into_iter()
+            .map(|c| {
+                let v = values.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+                format!("{}={v}", c.name())
+            })
+            .collect();
+        Report::parse(&line.join(" ")).expect("a report line")
+    }
+
+    #[test]
+    fn the_balance_line_says_holds_open_only_after_a_failure_or_does_not_hold() {
+        use Counter::*;
+        let settled = report(&[(BytesRead, 10), (BytesWritten, 10), (BytesDelivered, 10)]);
+        assert!(balance_line(&settled).starts_with("balance holds: bytes_read 10 = "));
+        // Bytes written and not yet settled: open after a failure, else a broken count.
+        let held = [(BytesRead, 10), (BytesWritten, 10), (BytesDelivered, 4)];
+        let mut failed = held.to_vec();
+        failed.push((WorkersFailed, 1));
+        let line = balance_line(&report(&failed));
+        assert!(line.starts_with("balance open: "), "{line}");
+        assert!(
+            line.contains("+ bytes_outstanding 6, held by failed workers"),
+            "{line}"
+        );
+        let line = balance_line(&report(&held));
+        assert!(line.starts_with("balance DOES NOT HOLD: "), "{line}");
+        // More written than read is never explained by a failure.
+        let impossible = [(BytesRead, 4), (BytesWritten, 10), (WorkersFailed, 1)];
+        let line = balance_line(&report(&impossible));
+        assert!(line.starts_with("balance DOES NOT HOLD: "), "{line}");
+    }
+
+    #[test]
+    fn dropped_lines_of_either_stream_are_warned_of_in_one_sum() {
+        assert_eq!(dropped_warning(0, 0), None);
+        for (stdout, stderr, sum) in [(2, 0, 2), (0, 3, 3), (2, 3, 5)] {
+            let line = dropped_warning(stdout, stderr).expect("a warning");
+            assert!(
+                line.starts_with(&format!("{sum} log lines were dropped")),
+                "{line}"
+            );
+        }
+    }
 }

@@ -41,6 +41,27 @@ fn spawn(args: &[String]) -> Process {
 }
 
 #[test]
+fn an_address_not_on_this_machine_gets_no_advice_about_a_taken_port() {
+    // Our own listener on the port: were the error taken for "in use", the line would advise
+    // sharing it.
+    let ours = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = ours.local_addr().expect("address").port();
+    let foreign = SocketAddr::from(([192, 0, 2, 1], port));
+    let exit = spawn(&on(foreign)).exit();
+    assert_eq!(exit.status.code(), Some(1), "{:?}", exit.stderr);
+    assert_eq!(exit.stderr.len(), 1, "want one line, got {:?}", exit.stderr);
+    let line = &exit.stderr[0];
+    assert!(
+        line.contains(&format!("cannot listen on {foreign}: ")),
+        "{line}"
+    );
+    assert!(
+        !line.contains("reuse-port") && !line.contains("another"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_second_server_on_the_same_port_is_refused() {
     let (first, addr) = Process::start(&["--maxListeners", "2"]);
     let mut args = on(addr).to_vec();

@@ -237,6 +237,32 @@ fn a_worker_that_fails_is_reported_at_once_and_the_rest_stop_gracefully() {
 }
 
 #[test]
+fn a_worker_that_fails_during_the_stop_still_exits_three() {
+    let _serial = serial();
+    let args = on_loopback(&["--maxListeners", "1", "--drain-timeout", "10s"]);
+    let server = Process::spawn_env(&args, &[("EPOLL_ECHO_FAIL_WORKER", "0:2")]);
+    let (addr, _) = server.listening();
+    let mut first = connect(addr);
+    assert!(echoes(&mut first, b"counted"));
+    // A client queued while the server is frozen: the stop's cut accepts it, the second accept,
+    // which trips the planted failure after the stop began.
+    server.freeze();
+    let mut second = connect(addr);
+    second.write_all(b"queued").expect("send");
+    server.signal(Signal::SIGTERM);
+    server.signal(Signal::SIGCONT);
+    let exit = server.exit();
+    assert_eq!(exit.status.code(), Some(3), "{:?}", exit.stderr);
+    let r = exit.report();
+    assert_eq!(r[Counter::WorkersFailed], 1, "{r}");
+    assert!(
+        exit.stderr.iter().any(|l| l.contains("balance open: ")),
+        "{:?}",
+        exit.stderr
+    );
+}
+
+#[test]
 fn full_stdout_and_stderr_pipes_never_hold_the_stop() {
     let _serial = serial();
     // Pipes whose reader never reads: the kernel buffer fills and every further write would block.
