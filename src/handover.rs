@@ -56,7 +56,9 @@ pub fn take(path: &Path) -> io::Result<Vec<TcpListener>> {
 /// The pause after a failed accept of a taker.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// A server's listeners on offer at a path, served by a thread of its own until [`Offer::stop`].
+/// A server's listeners on offer at a path, served by a thread of its own until the offer is
+/// dropped: once the drop returns, no instance can take the listeners from this one. Drop it before
+/// [`Server::stop`] (which gives up the listeners anyway), and the path is removed if still ours.
 pub struct Offer {
     path: PathBuf,
     /// The path's inode as we bound it: at the stop the path is removed only if still ours, not
@@ -90,14 +92,10 @@ impl Offer {
             thread: Some(thread),
         })
     }
+}
 
-    /// Ends the offer: once this returns no instance can take the listeners from this one. Call
-    /// it before [`Server::stop`], which gives up the listeners anyway.
-    pub fn stop(mut self) {
-        self.end();
-    }
-
-    fn end(&mut self) {
+impl Drop for Offer {
+    fn drop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
         };
@@ -107,12 +105,6 @@ impl Offer {
         if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }
-    }
-}
-
-impl Drop for Offer {
-    fn drop(&mut self) {
-        self.end();
     }
 }
 

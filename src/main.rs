@@ -123,9 +123,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     }
     notify::stopping("stopping: flushing to the clients");
     // No successor may take the listeners from here on: the stop closes them.
-    if let Some(offer) = offer {
-        offer.stop();
-    }
+    drop(offer);
     let report = server.stop();
     // Scrapes go on during the drain; the endpoint closes once every worker has joined.
     if let Some(metrics) = metrics {

@@ -186,3 +186,33 @@ fn a_stale_offer_is_replaced_and_the_server_binds_anew() {
     let exit = server.terminate();
     exit.assert_clean();
 }
+
+#[test]
+fn a_path_that_cannot_hold_an_offer_is_an_error_not_nothing_there() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("a file");
+    std::fs::write(&file, b"").expect("write");
+    // A file where a directory should be, and a path too long for a Unix socket address.
+    let under_a_file = file.join("handover");
+    let too_long = dir.path().join("x".repeat(200));
+    for path in [under_a_file, too_long] {
+        assert!(
+            epoll_echo::handover::take(&path).is_err(),
+            "{} taken as nothing there",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn an_offer_that_never_answers_is_a_timeout_after_five_seconds() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("handover");
+    // Listening, never accepting: what a frozen instance looks like to a taker.
+    let _frozen = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let asked = std::time::Instant::now();
+    let e = epoll_echo::handover::take(&path).expect_err("no answer");
+    println!("no answer: {e} after {:?}", asked.elapsed());
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains("no answer within 5s"), "{e}");
+}
