@@ -379,9 +379,43 @@ mod tests {
     }
 
     #[test]
-    fn every_counter_has_a_doc_line() {
+    fn every_counter_and_derived_value_has_a_doc_line_of_its_own() {
+        let mut docs: Vec<&str> = Counter::ALL.into_iter().map(Counter::doc).collect();
+        docs.extend(Derived::ALL.into_iter().map(Derived::doc));
+        for doc in &docs {
+            assert!(doc.len() > 10 && doc.ends_with('.'), "{doc:?}");
+        }
+        let count = docs.len();
+        docs.sort_unstable();
+        docs.dedup();
+        assert_eq!(docs.len(), count, "a doc is used twice");
+    }
+
+    /// Counters only grow, so a derived value that some counter's growth can lower is a gauge,
+    /// and one that none can lower is not.
+    #[test]
+    fn a_derived_value_is_a_gauge_exactly_when_a_growing_counter_can_lower_it() {
+        // Every derived value well above zero, so a fall is not hidden by saturation.
+        let mut base = Report::from_array([10; COUNT]);
+        base.add(Counter::Accepted, 100);
+        base.add(Counter::BytesRead, 1000);
+        base.add(Counter::BytesWritten, 500);
+        for d in Derived::ALL {
+            assert!(d.of(&base) > 1, "{}", d.name());
+            let can_fall = Counter::ALL.into_iter().any(|c| {
+                let mut grown = base;
+                grown.add(c, 1);
+                d.of(&grown) < d.of(&base)
+            });
+            assert_eq!(d.is_gauge(), can_fall, "{}", d.name());
+        }
+    }
+
+    #[test]
+    fn get_reads_the_counter_asked_for() {
+        let r = distinct(7);
         for c in Counter::ALL {
-            assert!(c.doc().ends_with('.'), "{}: {:?}", c.name(), c.doc());
+            assert_eq!(r.get(c), r[c], "{}", c.name());
         }
     }
 

@@ -7,8 +7,9 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
 
-use common::process::Process;
+use common::process::{lowest_descriptor_limit, on_loopback, Process};
 use common::{config, connect, echoes, eventually, start, stop};
 use epoll_echo::{failing, Counter, Server, StartError};
 
@@ -215,4 +216,42 @@ fn an_offer_that_never_answers_is_a_timeout_after_five_seconds() {
     println!("no answer: {e} after {:?}", asked.elapsed());
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(e.to_string().contains("no answer within 5s"), "{e}");
+}
+
+#[test]
+fn an_instance_out_of_descriptors_warns_once_and_its_successor_fails_in_one_line() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("handover");
+    let path_arg = path.to_str().expect("a UTF-8 path");
+    let args = on_loopback(&["--maxListeners", "1", "--handover", path_arg]);
+    let nofile = lowest_descriptor_limit(&args);
+    let old = Process::spawn_with(&args, Stdio::piped(), Stdio::piped(), Some(nofile));
+    let (addr, _) = old.listening();
+    let port = addr.port().to_string();
+    let new_args = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--handover",
+        path_arg,
+    ];
+    // The old one cannot accept the new one's connection (nor any client): the new one waits for an answer.
+    let new = Process::spawn(&new_args).exit();
+    assert_eq!(new.status.code(), Some(1), "{:?}", new.stderr);
+    assert_eq!(new.stderr.len(), 1, "want one line: {:?}", new.stderr);
+    assert!(
+        new.stderr[0].contains("no answer within 5s"),
+        "{:?}",
+        new.stderr
+    );
+    let old = old.terminate();
+    old.assert_clean();
+    // Retried every 100 ms for 5 s, said once.
+    let warnings = old
+        .stderr
+        .iter()
+        .filter(|l| l.contains("cannot answer a new instance"))
+        .count();
+    assert_eq!(warnings, 1, "{:?}", old.stderr);
 }

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{on_loopback, Process};
+use common::process::{lowest_descriptor_limit, on_loopback, Process};
 use common::serial;
 use epoll_echo::Counter;
 use nix::sched::{unshare, CloneFlags};
@@ -27,21 +27,8 @@ use nix::sched::{unshare, CloneFlags};
 /// one is 2^-32.
 const CLIENTS: usize = 32;
 
-/// The lowest descriptor limit under which the server starts with `args`: under it every accept
-/// fails with `EMFILE`, so clients stay queued on its listener.
-fn lowest_descriptor_limit(args: &[&str]) -> u64 {
-    for nofile in 4..64 {
-        let old = Process::spawn_with(args, Stdio::piped(), Stdio::piped(), Some(nofile));
-        let started = old.try_listening().is_some();
-        drop(old);
-        if started {
-            return nofile;
-        }
-    }
-    panic!("the server never started under 64 descriptors");
-}
-
-/// An old instance that cannot accept: see [`lowest_descriptor_limit`].
+/// An old instance that cannot accept: under the lowest descriptor limit it starts with, every
+/// accept fails with `EMFILE`, so the clients stay queued on its listener.
 fn an_old_instance_that_cannot_accept() -> (Process, SocketAddr) {
     let args = on_loopback(&["--maxListeners", "1", "--drain-timeout", "0s"]);
     let nofile = lowest_descriptor_limit(&args);

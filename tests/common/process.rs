@@ -344,6 +344,20 @@ pub fn on_loopback<'a>(args: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
+/// The lowest descriptor limit under which the server starts with `args`: at it, the server has
+/// no descriptor to spare once running, so every accept fails with `EMFILE`.
+pub fn lowest_descriptor_limit(args: &[&str]) -> u64 {
+    for nofile in 4..64 {
+        let server = Process::spawn_with(args, Stdio::piped(), Stdio::piped(), Some(nofile));
+        let started = server.try_listening().is_some();
+        drop(server);
+        if started {
+            return nofile;
+        }
+    }
+    panic!("the server never started under 64 descriptors");
+}
+
 /// The address and worker count from a start-up line.
 pub fn parse_listening(line: &str) -> (SocketAddr, usize) {
     let unexpected = || -> ! { panic!("unexpected start-up line: {line}") };
