@@ -412,6 +412,12 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_every_counter_as_the_summary_line_does() {
+        let r = distinct(7);
+        assert_eq!(format!("{r:?}"), format!("Report {{ {r} }}"));
+    }
+
+    #[test]
     fn get_reads_the_counter_asked_for() {
         let r = distinct(7);
         for c in Counter::ALL {

@@ -455,6 +455,28 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_abandoned_or_lost_leaves_its_last_counts_counted_as_failed() {
+        let stats = Arc::new(WorkerStats::default());
+        let mut last = Report::default();
+        last.count(Counter::Accepted);
+        last.count(Counter::Accepted);
+        stats.publish(&last);
+        let want = |r: &Report| r[Counter::Accepted] == 2 && r[Counter::WorkersFailed] == 1;
+        // Never woken: abandoned without a join.
+        let abandoned = WorkerThread {
+            handle: std::thread::spawn(|| None),
+            stats: Arc::clone(&stats),
+        };
+        assert!(want(&abandoned.abandon()));
+        // Ended with no report (it failed): joined, then counted the same way.
+        let lost = WorkerThread {
+            handle: std::thread::spawn(|| None),
+            stats,
+        };
+        assert!(want(&lost.join()));
+    }
+
+    #[test]
     fn only_the_ipv6_wildcard_falls_back_and_only_without_ipv6() {
         let any6: SocketAddr = "[::]:8080".parse().expect("address");
         let no_family = io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
