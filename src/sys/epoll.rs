@@ -133,6 +133,36 @@ mod tests {
         assert!(r.readable && r.urgent);
     }
 
+    /// A wait without a deadline sleeps until an event: an idle worker costs nothing. Counted in
+    /// returns, not time: a wait that timed out each millisecond would return hundreds of times.
+    #[test]
+    fn a_wait_without_a_deadline_returns_only_for_an_event() {
+        use crate::dispatch::Token;
+        use crate::sys::Waker;
+        use std::sync::Arc;
+        let epoll = Epoll::new().unwrap();
+        let waker = Arc::new(Waker::new().unwrap());
+        epoll
+            .add(waker.as_fd(), Token::WAKER, Interest::ReadEdge)
+            .unwrap();
+        let woken = Arc::clone(&waker);
+        let waiting = std::thread::spawn(move || {
+            let mut events = Events::with_capacity(4);
+            let mut returns = 0;
+            loop {
+                epoll.wait(&mut events, None).unwrap();
+                returns += 1;
+                if events.iter().any(|(t, _)| t == Token::WAKER) {
+                    return returns;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        woken.wake().unwrap();
+        let returns = waiting.join().unwrap();
+        assert!(returns <= 3, "{returns} returns for one event");
+    }
+
     #[test]
     fn connection_interest_is_edge_triggered_in_out_and_rdhup() {
         let bits = Interest::ConnEdge.bits();

@@ -125,6 +125,29 @@ mod tests {
         }
     }
 
+    /// With `SO_PASSCRED` on, Linux adds the sender's credentials to every message: another
+    /// control message of level `SOL_SOCKET`, which must not be read as descriptors.
+    #[test]
+    fn credentials_beside_the_descriptors_are_not_taken_for_descriptors() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: passes a pointer to a live c_int and its exact size.
+        let set = unsafe {
+            libc::setsockopt(
+                theirs.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "{}", io::Error::last_os_error());
+        let (one, _peer) = UnixStream::pair().unwrap();
+        send_fds(ours.as_fd(), &[one.as_fd()]).unwrap();
+        drop(ours);
+        assert_eq!(recv_fds(theirs.as_fd()).unwrap().len(), 1);
+    }
+
     #[test]
     fn a_sender_that_sends_nothing_yields_no_descriptor() {
         let (ours, theirs) = UnixStream::pair().unwrap();
