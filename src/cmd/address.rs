@@ -86,6 +86,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bracketed_address_without_a_zone_is_read_as_any_other() {
+        assert_eq!(
+            parse_socket("[::1]:9100"),
+            Ok("[::1]:9100".parse().expect("address"))
+        );
+        // The one message for any malformed address, zone or not.
+        let e = parse_socket("[nonsense]:9100").expect_err("not an address");
+        assert!(
+            e.ends_with("is not an address and port (e.g. 127.0.0.1:9100, [::1]:9100)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn zones_are_taken_by_number_and_by_name_in_both_flags() {
         let lo = interface_index("lo").expect("a loopback interface");
         let ip: IpAddr = "fe80::1".parse().expect("address");

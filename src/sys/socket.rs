@@ -143,8 +143,11 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// the field answers `ENOPROTOOPT`, so nothing is taken as acknowledged.
 pub(crate) fn acked(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let (info, len) = tcp_info(fd)?;
-    let needed = mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + mem::size_of::<u64>();
-    if len < needed {
+    if !holds(
+        len,
+        mem::offset_of!(libc::tcp_info, tcpi_bytes_acked),
+        mem::size_of::<u64>(),
+    ) {
         return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
     }
     Ok(info.tcpi_bytes_acked)
@@ -167,8 +170,11 @@ pub(crate) fn queued_input(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// listening socket reports as its queue's length).
 pub(crate) fn accept_queue(listener: BorrowedFd<'_>) -> io::Result<usize> {
     let (info, len) = tcp_info(listener)?;
-    let needed = mem::offset_of!(libc::tcp_info, tcpi_unacked) + mem::size_of::<u32>();
-    if len < needed {
+    if !holds(
+        len,
+        mem::offset_of!(libc::tcp_info, tcpi_unacked),
+        mem::size_of::<u32>(),
+    ) {
         return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
     }
     Ok(info.tcpi_unacked as usize)
@@ -202,6 +208,12 @@ pub(crate) fn find_connection(peer: SocketAddr) -> Option<OwnedFd> {
     None
 }
 
+/// Whether the first `len` bytes of a struct hold the field at `offset` of `size` bytes: an older
+/// kernel fills in fewer fields of `tcp_info`.
+fn holds(len: usize, offset: usize, size: usize) -> bool {
+    len >= offset + size
+}
+
 /// `TCP_INFO`, and how many of its bytes this kernel filled in (older kernels know fewer fields;
 /// the rest stay zero).
 fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<(libc::tcp_info, usize)> {
@@ -225,8 +237,11 @@ fn tcp_info(fd: BorrowedFd<'_>) -> io::Result<(libc::tcp_info, usize)> {
 #[cfg(test)]
 pub(crate) fn peer_window(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let (info, len) = tcp_info(fd)?;
-    let needed = mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + mem::size_of::<u32>();
-    if len < needed {
+    if !holds(
+        len,
+        mem::offset_of!(libc::tcp_info, tcpi_snd_wnd),
+        mem::size_of::<u32>(),
+    ) {
         return Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT));
     }
     Ok(info.tcpi_snd_wnd)
@@ -347,6 +362,16 @@ mod tests {
         };
         assert!(flag(&sock, libc::SOL_SOCKET, libc::SO_OOBINLINE));
         assert!(flag(&sock, libc::IPPROTO_TCP, libc::TCP_NODELAY));
+    }
+
+    #[test]
+    fn a_field_is_read_only_where_the_kernel_filled_it_in() {
+        // A field of 8 bytes at offset 8 needs 16 bytes, no fewer.
+        assert!(holds(16, 8, 8));
+        assert!(holds(24, 8, 8));
+        assert!(!holds(15, 8, 8));
+        assert!(!holds(8, 8, 8));
+        assert!(!holds(0, 0, 4));
     }
 
     #[test]

@@ -84,6 +84,20 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
+    /// A wake-up already pending at the counter's limit (where a write would block) is a wake-up,
+    /// not an error.
+    #[test]
+    fn a_wake_at_the_counters_limit_is_still_a_wake() {
+        let waker = Waker::new().unwrap();
+        let most: u64 = u64::MAX - 1;
+        // SAFETY: writes 8 bytes from a live u64 to an open eventfd.
+        let wrote = unsafe { libc::write(waker.fd.as_raw_fd(), (&most as *const u64).cast(), 8) };
+        assert_eq!(wrote, 8, "{}", io::Error::last_os_error());
+        waker.wake().expect("a wake-up is pending");
+        let (_, never) = UnixStream::pair().unwrap();
+        assert!(!waker.wait_with(never.as_fd()).unwrap(), "woken");
+    }
+
     #[test]
     fn a_wait_with_another_descriptor_ends_on_either() {
         let waker = Waker::new().unwrap();
