@@ -86,6 +86,15 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_cannot_name_a_path_outside_the_interfaces() {
+        // Each would reach an existing ifindex file if taken as a path.
+        for zone in ["lo/../lo", "./lo", "../net/lo", ""] {
+            assert!(interface_index(zone).is_err(), "{zone:?} taken");
+        }
+        assert!(interface_index("lo").is_ok());
+    }
+
+    #[test]
     fn a_bracketed_address_without_a_zone_is_read_as_any_other() {
         assert_eq!(
             parse_socket("[::1]:9100"),

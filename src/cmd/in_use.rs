@@ -115,6 +115,9 @@ mod tests {
         assert_eq!(hint(&[], 1000), None);
         let addr: SocketAddr = "127.0.0.1:9100".parse().expect("address");
         assert_eq!(advice(addr, true, None), None);
+        // The metrics address on another port of the same address is not what took this one.
+        let other_port = Some("127.0.0.1:9101".parse().expect("address"));
+        assert_eq!(advice(addr, true, other_port), None);
         let own = advice(addr, false, Some("0.0.0.0:9100".parse().expect("address")));
         assert_eq!(
             own.as_deref(),
