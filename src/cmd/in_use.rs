@@ -126,6 +126,32 @@ mod tests {
     }
 
     #[test]
+    fn addresses_read_back_as_proc_net_tcp_prints_them() {
+        // The kernel's form: each 32-bit word of the address in hex, in the host's byte order.
+        let proc_form = |ip: IpAddr| -> String {
+            let bytes = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            bytes
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect()
+        };
+        for text in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "::1",
+            "2001:db8::8:1",
+            "fe80::1234:5678",
+        ] {
+            let ip: IpAddr = text.parse().expect("address");
+            assert_eq!(proc_ip(&proc_form(ip)), Some(ip), "{text}");
+        }
+        assert_eq!(proc_ip("0100007"), None);
+    }
+
+    #[test]
     fn the_effective_uid_is_the_second_of_four() {
         assert_eq!(effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(0));
         assert_eq!(effective_uid("Name:\tx\n"), None);

@@ -98,6 +98,40 @@ mod tests {
         assert!(!waker.wait_with(never.as_fd()).unwrap(), "woken");
     }
 
+    /// A program embedding the server may handle signals on any thread: a wait they interrupt
+    /// goes on waiting.
+    #[test]
+    fn a_signal_does_not_end_a_wait() {
+        extern "C" fn ignore(_: libc::c_int) {}
+        // SAFETY: installs a handler that does nothing for SIGURG, which no other test uses;
+        // without SA_RESTART, so the wait sees EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as usize;
+            assert_eq!(
+                libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let waker = std::sync::Arc::new(Waker::new().unwrap());
+        let woken = std::sync::Arc::clone(&waker);
+        let (_writer, reader) = UnixStream::pair().unwrap();
+        let (ready, started) = std::sync::mpsc::channel();
+        let waiting = std::thread::spawn(move || {
+            // SAFETY: pthread_self takes no arguments.
+            ready.send(unsafe { libc::pthread_self() }).unwrap();
+            woken.wait_with(reader.as_fd())
+        });
+        let thread = started.recv().unwrap();
+        for _ in 0..20 {
+            // SAFETY: the thread is not joined yet, so its id stays valid even if it ended.
+            unsafe { libc::pthread_kill(thread, libc::SIGURG) };
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        waker.wake().unwrap();
+        assert!(!waiting.join().unwrap().expect("no error"), "woken");
+    }
+
     #[test]
     fn a_wait_with_another_descriptor_ends_on_either() {
         let waker = Waker::new().unwrap();
