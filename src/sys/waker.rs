@@ -107,7 +107,7 @@ mod tests {
         // without SA_RESTART, so the wait sees EINTR.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore as usize;
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
             assert_eq!(
                 libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()),
                 0
