@@ -126,9 +126,7 @@ fn run(mut signals: Signals, output: &Output) -> u8 {
     drop(offer);
     let report = server.stop();
     // Scrapes go on during the drain; the endpoint closes once every worker has joined.
-    if let Some(metrics) = metrics {
-        metrics.stop();
-    }
+    drop(metrics);
     summarize(&report, output);
     if report[Counter::WorkersFailed] > 0 {
         WORKER_FAILED

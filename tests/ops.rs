@@ -61,6 +61,37 @@ fn an_address_not_on_this_machine_gets_no_advice_about_a_taken_port() {
     );
 }
 
+/// The kernel setting an overlapping restart depends on is named at the start and at the stop
+/// when it is off or unreadable, and not at all when it is on (read here as the server reads it).
+#[test]
+fn sharing_the_port_warns_of_the_migration_setting_only_when_it_is_not_on() {
+    let setting = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
+    let (server, _) = Process::start(&["--maxListeners", "1", "--reuse-port"]);
+    let exit = server.terminate();
+    exit.assert_clean();
+    let warnings: Vec<&String> = exit
+        .stderr
+        .iter()
+        .filter(|l| l.contains(" WARN "))
+        .collect();
+    match setting.as_deref().map(str::trim) {
+        Ok("1") => assert!(warnings.is_empty(), "{warnings:?}"),
+        Ok("0") => {
+            assert_eq!(warnings.len(), 2, "{:?}", exit.stderr);
+            for w in warnings {
+                assert!(
+                    w.contains("tcp_migrate_req is 0") && w.contains("--handover"),
+                    "{w}"
+                );
+            }
+        }
+        _ => {
+            assert_eq!(warnings.len(), 2, "{:?}", exit.stderr);
+            assert!(warnings[0].contains("cannot be read"), "{warnings:?}");
+        }
+    }
+}
+
 #[test]
 fn a_second_server_on_the_same_port_is_refused() {
     let (first, addr) = Process::start(&["--maxListeners", "2"]);

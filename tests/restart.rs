@@ -93,7 +93,13 @@ fn failed_requests(migrate: bool) -> usize {
         "the old instance accepted"
     );
     let failed = unanswered(clients);
-    new.terminate();
+    // The instance that shares the port names the setting exactly when it is off.
+    let new_exit = new.terminate();
+    let warned = new_exit
+        .stderr
+        .iter()
+        .any(|l| l.contains("tcp_migrate_req is 0"));
+    assert_eq!(warned, !migrate, "{:?}", new_exit.stderr);
     failed
 }
 

@@ -69,13 +69,11 @@ impl Metrics {
             thread: Some(thread),
         })
     }
+}
 
-    /// Closes the listener and every open scrape, and waits for the thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
+/// Dropping the endpoint closes the listener and every open scrape, and waits for the thread.
+impl Drop for Metrics {
+    fn drop(&mut self) {
         // Closing our end makes the thread's end readable (end of file).
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
@@ -83,12 +81,6 @@ impl Metrics {
                 log::error!("the metrics thread panicked");
             }
         }
-    }
-}
-
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 
@@ -127,7 +119,7 @@ mod tests {
                 .any(|l| l == "epoll_echo_workers_failed_total 1"),
             "{body:?}"
         );
-        metrics.stop();
+        drop(metrics);
         let refused = TcpStream::connect(addr).expect_err("the listener is closed");
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
     }
