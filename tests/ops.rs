@@ -367,5 +367,8 @@ fn log_lines_carry_a_timestamp_and_a_level_and_rust_log_filters_them() {
         .iter()
         .filter(|l| !matches!(level_of(l), "ERROR" | "WARN"))
         .collect();
-    assert!(info.is_empty(), "RUST_LOG={filter} let these through: {info:?}");
+    assert!(
+        info.is_empty(),
+        "RUST_LOG={filter} let these through: {info:?}"
+    );
 }
