@@ -1,14 +1,17 @@
-//! The pure event-dispatch core of one worker. It performs no I/O, opens nothing, reads no clock and
-//! starts no thread: the shell tells it what happened and it answers what to do next.
+//! The pure event-dispatch core of one worker, and in this file its decisions. It performs no I/O,
+//! opens nothing, reads no clock and starts no thread: the shell tells it what happened and it
+//! answers what to do next.
 //!
 //! # Call order (the run loop, as `worker.rs` runs it)
 //!
 //! 1. Wait for events, at most until [`Dispatcher::poll_timeout`].
 //! 2. Feed each event to [`Dispatcher::handle_event`]; if the wake-up came, call
 //!    [`Dispatcher::handle_stop`]; then feed the current time to [`Dispatcher::handle_time`].
-//! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] and, for
-//!    `Accept`, `Register`, `Read` and `Write`, feeding the outcome back with the matching `handle_*`
-//!    before asking again. `None` ends one round; the loop then waits again.
+//! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] with the
+//!    socket and bytes it lends (a read goes into the worker's scratch buffer, an echo is written
+//!    straight from it) and feeding its [`Outcome`] to [`Dispatcher::handle_outcome`] (or the
+//!    matching `handle_*`) before asking again (asking first is a bug, and panics). `None` ends
+//!    one round; the loop then waits again.
 //! 4. Stop when [`Dispatcher::is_finished`] is true and take the [`Report`].
 //!
 //! # What it is made of (one job per file)
@@ -16,7 +19,7 @@
 //! - This file: the decisions that join the parts below (each input's and outcome's effect, the
 //!   closes and why), and the counting.
 //! - [`interface`]: the vocabulary between the core and the shell: readiness, actions, outcomes.
-//! - [`outbox`]: the in-flight bookkeeping: the actions queued for the shell and the one
+//! - [`outbox`]: the in-flight bookkeeping: the requests queued for the shell and the one
 //!   operation whose outcome is awaited.
 //! - [`scheduler`]: fairness and turn driving: the ready queue, rounds, turns and budgets, and
 //!   what each turn asks of the shell.
@@ -79,7 +82,7 @@ mod timers;
 mod tests;
 
 pub(crate) use interface::{
-    AcceptOutcome, AckOutcome, Action, ConnError, ReadOutcome, Readiness, ResourceError,
+    AcceptOutcome, AckOutcome, Action, ConnError, Outcome, ReadOutcome, Readiness, ResourceError,
     WriteOutcome,
 };
 pub(crate) use limit::ConnLimit;
@@ -95,7 +98,7 @@ use conn::{Conn, Output, Room};
 use idle::IdleClock;
 use limit::Lease;
 use listener::Listener;
-use outbox::{Op, Outbox, Source};
+use outbox::{Measured, Op, Outbox, Request, Source};
 use scheduler::Scheduler;
 use table::Table;
 use timers::{after, Timer, Timers};
@@ -288,13 +291,30 @@ impl<S> Dispatcher<S> {
             self.timers.set(Timer::DrainDeadline, deadline);
         }
         if self.listener.start_draining() {
-            self.outbox.push_op(Op::MeasureBacklog);
+            self.outbox.push(Request::Op(Op::MeasureBacklog));
             self.queue_listener();
         }
         // The cut, before anything else happens: how much input each connection had received.
         for token in self.conns.tokens() {
-            self.outbox.push_op(Op::MeasureInput(token));
+            self.outbox.push(Request::Op(Op::MeasureInput(token)));
             self.queue_if_work(token);
+        }
+    }
+
+    /// The outcome of the last action, whichever it was: each goes to its `handle_*` below.
+    pub fn handle_outcome(&mut self, outcome: Outcome<S>) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Accept(outcome) => {
+                self.handle_accept(outcome);
+            }
+            Outcome::Register { token, registered } => self.handle_register(token, registered),
+            Outcome::Read { token, outcome } => self.handle_read(token, outcome),
+            Outcome::Write { token, outcome } => self.handle_write(token, outcome),
+            Outcome::Delivery { token, outcome } => self.handle_delivery(token, outcome),
+            Outcome::QueuedInput { token, queued } => self.handle_queued_input(token, queued),
+            Outcome::Backlog(queued) => self.handle_backlog(queued),
+            Outcome::Closed(outcome) => self.handle_closed(outcome),
         }
     }
 
@@ -383,14 +403,14 @@ impl<S> Dispatcher<S> {
     /// Outcome of [`Action::MeasureAndClose`]: what the peer acknowledged is delivered, the rest
     /// counted by why the connection closed.
     pub fn handle_closed(&mut self, outcome: AckOutcome) {
-        let (written, cause) = self.outbox.finish_measured();
+        let Measured { written, cause } = self.outbox.finish_measured();
         let delivered = outcome.delivered_of(written);
         self.counts.add(Counter::BytesDelivered, delivered);
         self.counts
             .add(cause.unacked_counter(), written - delivered);
     }
 
-    /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in `read_target`'s buffer.
+    /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in the buffer the action lent.
     pub fn handle_read(&mut self, token: Token, outcome: ReadOutcome) {
         let (asked, tick) = (self.outbox.read_in_flight(token), self.tick());
         self.outbox.finish_io();
@@ -470,14 +490,14 @@ impl<S> Dispatcher<S> {
     // ----- outputs -----
 
     /// The next thing the shell must do, or `None` when this round is over.
-    pub fn poll_action(&mut self) -> Option<Action<S>> {
+    pub fn poll_action(&mut self) -> Option<Action<'_, S>> {
         assert!(
             !self.outbox.awaits(),
             "poll_action before the last outcome was handled"
         );
         loop {
-            if let Some(action) = self.outbox.pop() {
-                return Some(action);
+            if let Some(request) = self.outbox.pop() {
+                return Some(self.lend(request));
             }
             if let Some(turn) = self.scheduler.turn() {
                 self.continue_turn(turn);
@@ -487,7 +507,7 @@ impl<S> Dispatcher<S> {
                 // The last descriptors: the epoll instance and the wake-up channel.
                 self.phase = Phase::Done;
                 self.counts.add(Counter::DescriptorsClosed, 2);
-                self.outbox.push(Action::CloseShell);
+                self.outbox.push(Request::CloseShell);
                 continue;
             }
             let token = self.scheduler.next_in_round()?;
@@ -498,7 +518,7 @@ impl<S> Dispatcher<S> {
     /// When the shell must call [`Dispatcher::handle_time`] at the latest (`None`: only on events).
     /// Equals the current time while work is queued, so the shell polls without blocking.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.scheduler.has_queued() || self.outbox.has_actions() {
+        if self.scheduler.has_queued() || self.outbox.has_queued() {
             return Some(self.now);
         }
         self.timers.next()
@@ -531,34 +551,69 @@ impl<S> Dispatcher<S> {
         self.conns.values().map(|c| c.pending.len()).sum()
     }
 
-    /// The socket of a live connection (for `Register` and `ShutdownWrite`).
-    pub fn socket(&self, token: Token) -> &S {
+    /// The action for `request`, lending the socket and bytes it names. Reads go into the scratch
+    /// buffer and an echo is written straight from it: only what the kernel does not take is
+    /// copied, into the pending output.
+    fn lend(&mut self, request: Request<S>) -> Action<'_, S> {
+        let op = match request {
+            Request::Op(op) => op,
+            Request::ShutdownWrite(token) => {
+                let sock = self.socket(token);
+                return Action::ShutdownWrite { token, sock };
+            }
+            Request::Close(sock) => return Action::Close(sock),
+            Request::MeasureAndClose(sock, _) => return Action::MeasureAndClose(sock),
+            Request::CloseListener => return Action::CloseListener,
+            Request::CloseShell => return Action::CloseShell,
+        };
+        match op {
+            Op::Accept => Action::Accept,
+            Op::MeasureBacklog => Action::MeasureBacklog,
+            Op::Register(token) => Action::Register {
+                token,
+                sock: self.socket(token),
+            },
+            Op::Delivery(token) => Action::CheckDelivery {
+                token,
+                sock: self.socket(token),
+            },
+            Op::MeasureInput(token) => Action::MeasureInput {
+                token,
+                sock: self.socket(token),
+            },
+            Op::Read(token, len) => {
+                let conn = self.conns.get(token).expect("read of a closed connection");
+                Action::Read {
+                    token,
+                    sock: &conn.sock,
+                    buf: &mut self.scratch[..len],
+                }
+            }
+            Op::Write(token, source) => {
+                let conn = self.conns.get(token).expect("write of a closed connection");
+                let bytes = match source {
+                    Source::Scratch(n) => &self.scratch[..n],
+                    Source::Pending => conn.pending.as_slice(),
+                };
+                Action::Write {
+                    token,
+                    sock: &conn.sock,
+                    bytes,
+                }
+            }
+        }
+    }
+
+    // ----- internals -----
+
+    /// The socket of a live connection; a bug if the connection is gone.
+    fn socket(&self, token: Token) -> &S {
         &self
             .conns
             .get(token)
             .expect("socket of a closed connection")
             .sock
     }
-
-    /// Socket and buffer for the `Read` in progress.
-    pub fn read_target(&mut self, token: Token) -> (&S, &mut [u8]) {
-        let len = self.outbox.read_in_flight(token);
-        let conn = self.conns.get(token).expect("read of a closed connection");
-        (&conn.sock, &mut self.scratch[..len])
-    }
-
-    /// Socket and bytes for the `Write` in progress.
-    pub fn write_target(&self, token: Token) -> (&S, &[u8]) {
-        let source = self.outbox.write_in_flight(token);
-        let conn = self.conns.get(token).expect("write of a closed connection");
-        let bytes = match source {
-            Source::Scratch(n) => &self.scratch[..n],
-            Source::Pending => conn.pending.as_slice(),
-        };
-        (&conn.sock, bytes)
-    }
-
-    // ----- internals -----
 
     fn room(&self) -> Room {
         Room {
@@ -606,11 +661,12 @@ impl<S> Dispatcher<S> {
             self.counts.add(Counter::BytesDelivered, conn.written());
             self.close_socket(conn.sock);
         } else {
-            let op = Op::Measure {
+            let measured = Measured {
                 written: conn.written(),
                 cause,
             };
-            self.outbox.push_measured(conn.sock, op);
+            self.outbox
+                .push(Request::MeasureAndClose(conn.sock, measured));
             self.counts.count(Counter::DescriptorsClosed);
         }
     }
@@ -632,14 +688,14 @@ impl<S> Dispatcher<S> {
     }
 
     fn close_socket(&mut self, sock: S) {
-        self.outbox.push(Action::Close(sock));
+        self.outbox.push(Request::Close(sock));
         self.counts.count(Counter::DescriptorsClosed);
     }
 
     /// Closes the listener (at the stop, once the queue is accepted or cannot be).
     fn close_listener(&mut self) {
         if self.listener.close() {
-            self.outbox.push(Action::CloseListener);
+            self.outbox.push(Request::CloseListener);
             self.counts.count(Counter::DescriptorsClosed);
         }
     }

@@ -3,9 +3,10 @@
 
 use std::collections::VecDeque;
 
-use super::{Action, Cause, Token};
+use super::{Cause, Token};
 
-/// An operation whose outcome the core waits for.
+/// An operation whose outcome the core waits for, named by token: the socket and bytes are lent
+/// when it is issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Accept,
@@ -18,12 +19,6 @@ pub enum Op {
     MeasureInput(Token),
     /// Ask how many connections the accept queue held at the stop.
     MeasureBacklog,
-    /// A close that asks the kernel first: what the peer did not acknowledge of the `written`
-    /// bytes is counted by `cause`.
-    Measure {
-        written: u64,
-        cause: Cause,
-    },
 }
 
 /// What a write sends.
@@ -35,37 +30,49 @@ pub enum Source {
     Pending,
 }
 
-impl Op {
-    fn action<S>(self) -> Action<S> {
-        match self {
-            Op::Accept => Action::Accept,
-            Op::Register(token) => Action::Register(token),
-            Op::Read(token, len) => Action::Read { token, len },
-            Op::Write(token, _) => Action::Write(token),
-            Op::Delivery(token) => Action::CheckDelivery(token),
-            Op::MeasureInput(token) => Action::MeasureInput(token),
-            Op::MeasureBacklog => Action::MeasureBacklog,
-            Op::Measure { .. } => unreachable!("a measured close is queued with its socket"),
-        }
-    }
+/// A close that asks the kernel first: what the peer did not acknowledge of the `written` bytes
+/// is counted by `cause`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    pub written: u64,
+    pub cause: Cause,
+}
+
+/// What the core asks of the shell, as queued: a socket that leaves the core goes with it, a
+/// connection's socket is lent when it is issued.
+#[derive(Debug)]
+pub enum Request<S> {
+    Op(Op),
+    ShutdownWrite(Token),
+    Close(S),
+    MeasureAndClose(S, Measured),
+    CloseListener,
+    CloseShell,
+}
+
+/// The outcome the core waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaited {
+    Op(Op),
+    Close(Measured),
 }
 
 /// What the core asks of the shell, in the order it asks.
 #[derive(Debug)]
 pub struct Outbox<S> {
-    /// Actions that carry a socket or need no outcome (closes, shutdowns), served first; a
-    /// measured close comes with the operation whose outcome it awaits.
-    actions: VecDeque<(Action<S>, Option<Op>)>,
+    /// Requests that carry a socket or need no outcome (closes, shutdowns) and the stop's
+    /// questions, served first.
+    queue: VecDeque<Request<S>>,
     /// The operation to issue next, before the turn continues (a write after a read, a retry).
     next: Option<Op>,
     /// The operation issued and not yet reported.
-    in_flight: Option<Op>,
+    in_flight: Option<Awaited>,
 }
 
 impl<S> Default for Outbox<S> {
     fn default() -> Self {
         Outbox {
-            actions: VecDeque::new(),
+            queue: VecDeque::new(),
             next: None,
             in_flight: None,
         }
@@ -73,20 +80,9 @@ impl<S> Default for Outbox<S> {
 }
 
 impl<S> Outbox<S> {
-    /// Queues an action that needs no outcome.
-    pub fn push(&mut self, action: Action<S>) {
-        self.actions.push_back((action, None));
-    }
-
-    /// Queues an operation behind the actions already queued.
-    pub fn push_op(&mut self, op: Op) {
-        self.actions.push_back((op.action(), Some(op)));
-    }
-
-    /// Queues a close that asks the kernel first; its outcome is awaited as `op`.
-    pub fn push_measured(&mut self, sock: S, op: Op) {
-        self.actions
-            .push_back((Action::MeasureAndClose(sock), Some(op)));
+    /// Queues a request behind those already queued.
+    pub fn push(&mut self, request: Request<S>) {
+        self.queue.push_back(request);
     }
 
     /// The operation to issue next, before the turn continues.
@@ -94,25 +90,31 @@ impl<S> Outbox<S> {
         self.next = Some(op);
     }
 
-    /// The next queued action, then the operation to issue next; marks its outcome awaited.
-    pub fn pop(&mut self) -> Option<Action<S>> {
-        if let Some((action, op)) = self.actions.pop_front() {
-            self.in_flight = op;
-            return Some(action);
-        }
-        let op = self.next.take()?;
-        self.in_flight = Some(op);
-        Some(op.action())
+    /// The next queued request, then the operation to issue next; marks its outcome awaited.
+    pub fn pop(&mut self) -> Option<Request<S>> {
+        let request = match self.queue.pop_front() {
+            Some(request) => request,
+            None => Request::Op(self.next.take()?),
+        };
+        self.in_flight = match request {
+            Request::Op(op) => Some(Awaited::Op(op)),
+            Request::MeasureAndClose(_, measured) => Some(Awaited::Close(measured)),
+            Request::ShutdownWrite(_)
+            | Request::Close(_)
+            | Request::CloseListener
+            | Request::CloseShell => None,
+        };
+        Some(request)
     }
 
-    /// True while queued actions wait for the shell.
-    pub fn has_actions(&self) -> bool {
-        !self.actions.is_empty()
+    /// True while queued requests wait for the shell.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// True when nothing is queued and no outcome is awaited.
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty() && self.in_flight.is_none()
+        self.queue.is_empty() && self.in_flight.is_none()
     }
 
     /// True while an outcome is awaited.
@@ -124,15 +126,15 @@ impl<S> Outbox<S> {
     pub fn finish(&mut self, expected: Op) {
         assert_eq!(
             self.in_flight.take(),
-            Some(expected),
+            Some(Awaited::Op(expected)),
             "outcome for an operation not issued"
         );
     }
 
     /// The outcome of a measured close came: what was written and why it closed.
-    pub fn finish_measured(&mut self) -> (u64, Cause) {
+    pub fn finish_measured(&mut self) -> Measured {
         match self.in_flight.take() {
-            Some(Op::Measure { written, cause }) => (written, cause),
+            Some(Awaited::Close(measured)) => measured,
             other => panic!("a close outcome while awaiting {other:?}"),
         }
     }
@@ -140,7 +142,7 @@ impl<S> Outbox<S> {
     /// The length of the read issued for `token`; a bug in the shell if none was.
     pub fn read_in_flight(&self, token: Token) -> usize {
         match self.in_flight {
-            Some(Op::Read(t, len)) if t == token => len,
+            Some(Awaited::Op(Op::Read(t, len))) if t == token => len,
             other => panic!("a read of {token:?} while awaiting {other:?}"),
         }
     }
@@ -148,7 +150,7 @@ impl<S> Outbox<S> {
     /// What the write issued for `token` sends; a bug in the shell if none was.
     pub fn write_in_flight(&self, token: Token) -> Source {
         match self.in_flight {
-            Some(Op::Write(t, source)) if t == token => source,
+            Some(Awaited::Op(Op::Write(t, source))) if t == token => source,
             other => panic!("a write to {token:?} while awaiting {other:?}"),
         }
     }

@@ -7,9 +7,9 @@
 use std::collections::VecDeque;
 
 use super::conn::{Output, Step};
-use super::outbox::{Op, Source};
+use super::outbox::{Op, Request, Source};
 use super::timers::Timer;
-use super::{Action, Cause, Dispatcher, Token};
+use super::{Cause, Dispatcher, Token};
 
 /// Whose turn it is and what is left of its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +173,7 @@ impl<S> Dispatcher<S> {
                 // Our FIN cannot be acknowledged at once: the first check comes with the timer.
                 conn.shut();
                 self.timers.check_delivery_later(self.now);
-                self.outbox.push(Action::ShutdownWrite(token));
+                self.outbox.push(Request::ShutdownWrite(token));
                 true
             }
             Some(Step::CheckDelivery) => {
