@@ -871,6 +871,16 @@ fn listener_would_block_waits_for_a_new_edge() {
     assert_eq!(s.d.poll_timeout(), None);
 }
 
+#[test]
+fn only_a_readable_listener_edge_starts_accepting() {
+    let mut s = Shell::new(small());
+    for edge in [WRITABLE, HANGUP, ERROR] {
+        s.event(Token::LISTENER, edge);
+        s.idle();
+        assert_eq!(s.d.poll_timeout(), None, "{edge:?}");
+    }
+}
+
 // ----- connection limit and descriptors -----
 
 #[test]
