@@ -141,19 +141,20 @@ impl Shell {
     /// Expects a read of `token`, puts `data` in the buffer it lends, returns the length offered.
     fn read_with(&mut self, token: Token, data: Option<&[u8]>) -> usize {
         let sock = self.sock_of(token);
-        match self.d.poll_action() {
-            Some(Action::Read {
-                token: t,
-                sock: s,
-                buf,
-            }) if t == token && *s == sock => {
-                let data = data.unwrap_or_default();
-                assert!(data.len() <= buf.len(), "read offers {} bytes", buf.len());
-                buf[..data.len()].copy_from_slice(data);
-                buf.len()
-            }
-            other => panic!("expected a read of {token:?}, got {other:?}"),
-        }
+        let action = self.d.poll_action();
+        let Some(Action::Read {
+            token: t,
+            sock: &s,
+            buf,
+        }) = action
+        else {
+            panic!("expected a read of {token:?}, got {action:?}");
+        };
+        assert_eq!((t, s), (token, sock), "a read of another connection");
+        let data = data.unwrap_or_default();
+        assert!(data.len() <= buf.len(), "read offers {} bytes", buf.len());
+        buf[..data.len()].copy_from_slice(data);
+        buf.len()
     }
 
     /// Expects a write to `token`, on its socket; returns the bytes offered.
