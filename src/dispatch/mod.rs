@@ -555,17 +555,22 @@ impl<S> Dispatcher<S> {
     /// buffer and an echo is written straight from it: only what the kernel does not take is
     /// copied, into the pending output.
     fn lend(&mut self, request: Request<S>) -> Action<'_, S> {
-        let op = match request {
-            Request::Op(op) => op,
-            Request::ShutdownWrite(token) => {
-                let sock = self.socket(token);
-                return Action::ShutdownWrite { token, sock };
-            }
-            Request::Close(sock) => return Action::Close(sock),
-            Request::MeasureAndClose(sock, _) => return Action::MeasureAndClose(sock),
-            Request::CloseListener => return Action::CloseListener,
-            Request::CloseShell => return Action::CloseShell,
-        };
+        match request {
+            Request::Op(op) => self.lend_op(op),
+            Request::ShutdownWrite(token) => Action::ShutdownWrite {
+                token,
+                sock: self.socket(token),
+            },
+            Request::Close(sock) => Action::Close(sock),
+            Request::MeasureAndClose(sock, _) => Action::MeasureAndClose(sock),
+            Request::CloseListener => Action::CloseListener,
+            Request::CloseShell => Action::CloseShell,
+        }
+    }
+
+    /// The action for an operation named by token, lending its connection's socket and, for a
+    /// read or a write, the bytes.
+    fn lend_op(&mut self, op: Op) -> Action<'_, S> {
         match op {
             Op::Accept => Action::Accept,
             Op::MeasureBacklog => Action::MeasureBacklog,
