@@ -1213,6 +1213,36 @@ fn stop_closes_a_connection_once_its_peer_acknowledged_every_byte() {
 }
 
 #[test]
+fn a_delivery_proven_before_the_deadline_is_not_asked_about_again_at_it() {
+    let mut s = Shell::new(small()); // two reads per turn, a drain deadline of 1 s
+    let c = s.open();
+    s.echo(c, b"abc");
+    s.stop();
+    s.shut(c);
+    s.advance(s.timeout_in().expect("the first check"));
+    s.expect_check(c);
+    s.d.handle_delivery(c, AckOutcome::Acked(3));
+    // Input keeps coming: the reads before the close use up the turn.
+    s.read(c, &[7; 8]);
+    s.read(c, &[7; 8]);
+    s.idle();
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.expect_close(), s.sock_of(c), "no second question");
+    assert_eq!(
+        s.counts([Counter::DeadlineCloses, Counter::BytesDelivered]),
+        [1, 3]
+    );
+}
+
+#[test]
+fn a_peer_heard_from_before_the_stop_gets_no_first_request_grace() {
+    let mut s = Shell::new(small());
+    // Its echo waits for the writable edge: nothing is due before our FIN but the deadline.
+    s.paused_at_the_cap_then_stopped(4);
+    assert_eq!(s.timeout_in(), Some(Duration::from_secs(1)));
+}
+
+#[test]
 fn a_peer_that_keeps_sending_after_the_stop_cannot_put_off_the_delivery_check() {
     let mut s = Shell::new(small());
     let c = s.open();
