@@ -182,7 +182,7 @@ enum Phase {
     Running,
     /// The stop came: draining.
     Stopping,
-    /// Every descriptor is closed or asked to be.
+    /// Every descriptor is closed or handed to the shell to close.
     Done,
 }
 
@@ -524,9 +524,11 @@ impl<S> Dispatcher<S> {
         self.timers.next()
     }
 
-    /// True once shutdown completed: every descriptor closed, the shell's last.
+    /// True once shutdown completed: every descriptor closed, the shell's last. (`Done` is set
+    /// by the `poll_action` that hands out that last close, after everything else was reported,
+    /// and nothing can queue anything after it.)
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Done && self.outbox.is_empty()
+        self.phase == Phase::Done
     }
 
     /// True once [`Dispatcher::handle_stop`] was called.

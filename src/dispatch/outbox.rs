@@ -112,11 +112,6 @@ impl<S> Outbox<S> {
         !self.queue.is_empty()
     }
 
-    /// True when nothing is queued and no outcome is awaited.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.in_flight.is_none()
-    }
-
     /// True while an outcome is awaited.
     pub fn awaits(&self) -> bool {
         self.in_flight.is_some()

@@ -1502,6 +1502,8 @@ fn zero_drain_timeout_closes_everything_on_stop() {
     s.write(c, b"ab", 1);
     s.idle();
     s.d.handle_stop(s.now);
+    // Only closes are left, queued and no timer set: the shell must not sleep before them.
+    assert_eq!(s.d.poll_timeout(), Some(s.now));
     assert_eq!(s.d.poll_action(), Some(Action::CloseListener));
     s.expect_measured_close(0);
     assert_eq!(s.d.poll_action(), Some(Action::CloseShell));
@@ -1578,6 +1580,16 @@ fn is_finished_only_after_stop_and_the_shell_closed() {
 }
 
 // ----- misuse by the shell is a bug, not an outcome -----
+
+#[test]
+#[should_panic(expected = "before the last outcome was handled")]
+fn asking_for_the_next_action_before_reporting_the_last_outcome_is_a_bug() {
+    let mut s = Shell::new(small());
+    let c = s.open();
+    s.event(c, READABLE);
+    s.expect_read(c);
+    let _ = s.d.poll_action();
+}
 
 #[test]
 #[should_panic(expected = "while awaiting")]
