@@ -1,14 +1,14 @@
 //! The worker loop: wait for events, let the dispatch core decide, perform its actions, feed the
-//! outcomes back; until the core says shutdown is complete. [`Worker::perform`] is the one place an
-//! action is carried out, over the real shell and the simulated kernel alike.
+//! outcomes back; until the core says shutdown is complete. [`perform`] is the one place an action
+//! is carried out, over the real shell and the simulated kernel alike.
 
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
-    AcceptOutcome, AckOutcome, Action, Dispatcher, ReadOutcome, ResourceError, Settings, Token,
-    WriteOutcome,
+    AcceptOutcome, AckOutcome, Action, Dispatcher, Outcome, ReadOutcome, ResourceError, Settings,
+    Token, WriteOutcome,
 };
 use crate::io::Io;
 use crate::report::Report;
@@ -79,58 +79,13 @@ impl<I: Io> Worker<I> {
         }
         self.core.handle_time(now);
         while let Some(action) = self.core.poll_action() {
-            self.perform(action);
+            let outcome = perform(&mut self.io, &mut self.warned, action);
+            self.core.handle_outcome(outcome);
         }
         if let Some(stats) = &self.stats {
             stats.publish(&self.core.report());
         }
         Ok(self.core.is_finished())
-    }
-
-    /// Carries out one action and feeds its outcome back to the core.
-    fn perform(&mut self, action: Action<I::Socket>) {
-        let (io, core) = (&mut self.io, &mut self.core);
-        match action {
-            Action::Accept => {
-                let outcome = AcceptOutcome::from_result(io.accept());
-                if let AcceptOutcome::Exhausted(kind) = &outcome {
-                    self.warned.accept_failed(*kind, io.now());
-                }
-                core.handle_accept(outcome);
-            }
-            Action::Register(token) => {
-                let registered = io.register(core.socket(token), token).is_ok();
-                core.handle_register(token, registered);
-            }
-            Action::Read { token, .. } => {
-                let (sock, buf) = core.read_target(token);
-                let outcome = ReadOutcome::from_result(io.read(sock, buf));
-                core.handle_read(token, outcome);
-            }
-            Action::Write(token) => {
-                let (sock, bytes) = core.write_target(token);
-                let outcome = WriteOutcome::from_result(io.write(sock, bytes));
-                core.handle_write(token, outcome);
-            }
-            Action::ShutdownWrite(token) => io.shutdown_write(core.socket(token)),
-            Action::Close(sock) => io.close(sock),
-            Action::CloseListener => io.close_listener(),
-            Action::CheckDelivery(token) => {
-                let acked = io.acked(core.socket(token));
-                core.handle_delivery(token, AckOutcome::from_result(acked));
-            }
-            Action::MeasureAndClose(sock) => {
-                let acked = io.acked(&sock);
-                io.close(sock);
-                core.handle_closed(AckOutcome::from_result(acked));
-            }
-            Action::MeasureBacklog => core.handle_backlog(io.queued_connections().ok()),
-            Action::MeasureInput(token) => {
-                let queued = io.queued_input(core.socket(token)).ok();
-                core.handle_queued_input(token, queued);
-            }
-            Action::CloseShell => io.close_shell(),
-        }
     }
 
     /// The core, for tests that check it between turns.
@@ -148,6 +103,66 @@ impl<I: Io> Worker<I> {
     #[cfg(any(test, feature = "sim"))]
     pub fn io(&self) -> &I {
         &self.io
+    }
+}
+
+/// Carries out one action with the socket and bytes it lends; the one place an action is carried
+/// out. Returns its outcome, for the core.
+fn perform<I: Io>(
+    io: &mut I,
+    warned: &mut Warnings,
+    action: Action<'_, I::Socket>,
+) -> Outcome<I::Socket> {
+    match action {
+        Action::Accept => {
+            let outcome = AcceptOutcome::from_result(io.accept());
+            if let AcceptOutcome::Exhausted(kind) = &outcome {
+                warned.accept_failed(*kind, io.now());
+            }
+            Outcome::Accept(outcome)
+        }
+        Action::Register { token, sock } => Outcome::Register {
+            token,
+            registered: io.register(sock, token).is_ok(),
+        },
+        Action::Read { token, sock, buf } => Outcome::Read {
+            token,
+            outcome: ReadOutcome::from_result(io.read(sock, buf)),
+        },
+        Action::Write { token, sock, bytes } => Outcome::Write {
+            token,
+            outcome: WriteOutcome::from_result(io.write(sock, bytes)),
+        },
+        Action::ShutdownWrite { sock, .. } => {
+            io.shutdown_write(sock);
+            Outcome::Done
+        }
+        Action::Close(sock) => {
+            io.close(sock);
+            Outcome::Done
+        }
+        Action::CloseListener => {
+            io.close_listener();
+            Outcome::Done
+        }
+        Action::CheckDelivery { token, sock } => Outcome::Delivery {
+            token,
+            outcome: AckOutcome::from_result(io.acked(sock)),
+        },
+        Action::MeasureAndClose(sock) => {
+            let acked = io.acked(&sock);
+            io.close(sock);
+            Outcome::Closed(AckOutcome::from_result(acked))
+        }
+        Action::MeasureBacklog => Outcome::Backlog(io.queued_connections().ok()),
+        Action::MeasureInput { token, sock } => Outcome::QueuedInput {
+            token,
+            queued: io.queued_input(sock).ok(),
+        },
+        Action::CloseShell => {
+            io.close_shell();
+            Outcome::Done
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! One connection as the core sees it: its socket, its pending output, what the last edges and
-//! outcomes said about each direction, and the one function that decides its next step.
+//! outcomes said about each direction, every change of that state, and the one function that
+//! decides its next step.
 
 use super::outbuf::OutBuf;
-use super::{ConnError, Readiness};
+use super::{AckOutcome, ConnError, Readiness};
 
 /// What the core knows of a connection's receive side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,28 +81,29 @@ pub struct Room {
     pub scratch: usize,
 }
 
+/// A connection's state. Its socket and pending output are the caller's to use; every other
+/// field changes only through the methods below.
 #[derive(Debug)]
 pub struct Conn<S> {
     pub sock: S,
     pub pending: OutBuf,
-    pub input: Input,
-    pub output: Output,
-    /// The connection is in the ready queue (kept by the scheduler's caller, so no token is queued
-    /// twice).
-    pub queued: bool,
+    input: Input,
+    output: Output,
+    /// The connection is in the ready queue (so no token is queued twice).
+    queued: bool,
     /// Idle-clock tick of the last byte read or written (0 without an idle timeout).
-    pub last_active: u32,
+    last_active: u32,
     /// Bytes handed to the kernel, for the delivery checks and the count at the close.
-    pub written: u64,
+    written: u64,
     /// After the stop: input that arrived before it and is still to be echoed (`None` until the
     /// kernel said how much; a receive queue's count fits 32 bits).
-    pub owed: Option<u32>,
+    owed: Option<u32>,
     /// The peer has sent something: a byte was read.
-    pub heard: bool,
+    heard: bool,
     /// After the stop, a peer not heard from yet: its first bytes, racing the cut, are echoed if
     /// they come before the first delivery check (a client that connected just before the stop
     /// sends its request just after).
-    pub first_request: bool,
+    first_request: bool,
 }
 
 impl<S> Conn<S> {
@@ -150,8 +152,9 @@ impl<S> Conn<S> {
         self.written == 0 || self.output == Output::Shut(Delivery::Delivered)
     }
 
-    /// A read returned `n` of the `asked` bytes.
-    pub fn on_data(&mut self, n: usize, asked: usize) {
+    /// A read returned `n` of the `asked` bytes at idle-clock tick `tick`.
+    pub fn on_data(&mut self, n: usize, asked: usize, tick: u32) {
+        self.last_active = tick;
         if n < asked && self.input == Input::Ready {
             self.input = Input::Drained;
         }
@@ -188,6 +191,107 @@ impl<S> Conn<S> {
             // They are there; reads go on until they are all read, whatever a short read says.
             self.input = Input::Exact;
         }
+    }
+
+    /// A write took `written` of the `offered` bytes at idle-clock tick `tick` (0 when it would
+    /// block or failed). A short write waits for the writable edge.
+    pub fn on_written(&mut self, written: usize, offered: usize, tick: u32) {
+        self.written += written as u64;
+        if written > 0 {
+            self.last_active = tick;
+        }
+        if written < offered && self.output == Output::Open {
+            self.output = Output::Blocked;
+        }
+    }
+
+    /// Our FIN is asked for (the stop, with nothing left to write): nothing more is written, and
+    /// the peer's acknowledgement is awaited.
+    pub fn shut(&mut self) {
+        self.output = Output::Shut(Delivery::Pending);
+    }
+
+    /// The kernel answered a delivery check. True when the peer does not hold every byte yet, so
+    /// it is to be asked again later. Once it does, input that may have come since the last read
+    /// is read before the close (what a read knows already, like a read stopped at an urgent
+    /// mark, stays).
+    pub fn on_delivery(&mut self, outcome: AckOutcome) -> bool {
+        if !matches!(self.output, Output::Shut(_)) {
+            return false;
+        }
+        if outcome.covers(self.written) {
+            self.output = Output::Shut(Delivery::Delivered);
+            if self.input == Input::Drained {
+                self.input = Input::Ready;
+            }
+            false
+        } else {
+            self.output = Output::Shut(Delivery::Pending);
+            true
+        }
+    }
+
+    /// The delivery-check timer fired: a connection waiting for its peer's acknowledgement is to
+    /// ask now, and the grace for a first request ends (no request came: our FIN). True when
+    /// either gives it work.
+    pub fn on_check_timer(&mut self) -> bool {
+        if self.output == Output::Shut(Delivery::Pending) {
+            self.output = Output::Shut(Delivery::Due);
+            true
+        } else if self.first_request {
+            self.first_request = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The drain deadline passed with input owed: it is read out and dropped, then the
+    /// connection closes.
+    pub fn expire(&mut self) {
+        self.output = Output::Expired;
+    }
+
+    /// Marks it queued when it has work and is not queued yet; true when the caller must queue it.
+    pub fn enqueue(&mut self, stopping: bool, room: Room) -> bool {
+        if !self.queued && self.next_step(stopping, room).is_some() {
+            self.queued = true;
+            return true;
+        }
+        false
+    }
+
+    /// Its turn ended: it stays queued exactly when it still has work; true when the caller must
+    /// queue it again.
+    pub fn requeue(&mut self, stopping: bool, room: Room) -> bool {
+        self.queued = self.next_step(stopping, room).is_some();
+        self.queued
+    }
+
+    pub fn output(&self) -> Output {
+        self.output
+    }
+
+    pub fn has_failed(&self) -> bool {
+        matches!(self.output, Output::Failed(_))
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn last_active(&self) -> u32 {
+        self.last_active
+    }
+
+    /// Input that arrived before the stop is still to be read.
+    pub fn owes_input(&self) -> bool {
+        self.owed.is_some_and(|owed| owed > 0)
+    }
+
+    /// After the stop, the grace for a first request has not ended.
+    pub fn awaits_first_request(&self) -> bool {
+        self.first_request
     }
 
     /// The connection's next step, or `None` when it has nothing to do until an edge or timer.
@@ -360,13 +464,13 @@ mod tests {
     fn a_short_read_drains_unless_the_peer_finished() {
         let mut c = conn();
         c.on_readiness(Readiness::READABLE);
-        c.on_data(3, 5);
+        c.on_data(3, 5, 0);
         assert_eq!(c.input, Input::Drained);
         c.on_readiness(Readiness {
             read_closed: true,
             ..Readiness::READABLE
         });
-        c.on_data(3, 5);
+        c.on_data(3, 5, 0);
         assert_eq!(
             c.input,
             Input::Exact,
@@ -379,7 +483,7 @@ mod tests {
             urgent: true,
             ..Readiness::READABLE
         });
-        c.on_data(3, 5);
+        c.on_data(3, 5, 0);
         assert_eq!(c.input, Input::Exact, "a read stopped at an urgent mark");
         c.on_would_block();
         assert_eq!(c.input, Input::Drained);
@@ -405,7 +509,7 @@ mod tests {
         // At the cap's edge: room for 2 more bytes, and they are owed.
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
         c.pending.push(b"gh", 8);
-        c.on_data(2, 2);
+        c.on_data(2, 2, 0);
         assert_eq!(
             c.next_step(true, ROOM),
             None,
@@ -422,7 +526,7 @@ mod tests {
             "a read that would block does not cancel what was owed"
         );
         c.on_readiness(Readiness::READABLE);
-        c.on_data(3, 5);
+        c.on_data(3, 5, 0);
         assert_eq!(
             c.next_step(true, ROOM),
             None,
@@ -430,7 +534,7 @@ mod tests {
         );
         c.on_readiness(Readiness::READABLE);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
-        c.on_data(2, 2);
+        c.on_data(2, 2, 0);
         assert_eq!(
             c.next_step(true, ROOM),
             Some(Step::ShutdownWrite),
@@ -450,7 +554,7 @@ mod tests {
         );
         c.on_readiness(Readiness::READABLE);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
-        c.on_data(3, 5);
+        c.on_data(3, 5, 0);
         assert_eq!(
             c.next_step(true, ROOM),
             Some(Step::ShutdownWrite),
@@ -459,7 +563,7 @@ mod tests {
         // A peer heard from before the stop gets no such grace.
         let mut c = conn();
         c.on_readiness(Readiness::READABLE);
-        c.on_data(2, 5);
+        c.on_data(2, 5, 0);
         c.on_cut(0);
         assert!(!c.first_request);
         assert_eq!(c.next_step(true, ROOM), Some(Step::ShutdownWrite));
@@ -471,7 +575,7 @@ mod tests {
         c.on_cut(7);
         c.output = Output::Expired;
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(5)));
-        c.on_data(5, 5);
+        c.on_data(5, 5, 0);
         assert_eq!(c.next_step(true, ROOM), Some(Step::Read(2)));
         c.on_eof();
         assert_eq!(c.next_step(true, ROOM), Some(Step::Close));

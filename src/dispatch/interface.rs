@@ -42,21 +42,33 @@ impl Readiness {
     };
 }
 
-/// What the shell must do next. Actions that name a [`Token`] concern a live connection; `Accept`,
-/// `Register`, `Read` and `Write` each need their outcome fed back before the next `poll_action`.
+/// What the shell must do next, with what it needs lent from the core: the socket, and for a read
+/// or a write the bytes (the worker's scratch buffer or the connection's pending output), so the
+/// shell performs it without asking the core again. `Accept`, `Register`, `Read`, `Write` and the
+/// measurements each need their outcome fed back, with the `token` named here, before the next
+/// `poll_action`.
 #[must_use]
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action<S> {
+pub enum Action<'a, S> {
     /// Accept one connection from the listener; report with `handle_accept`.
     Accept,
-    /// Register this new connection with epoll (edge-triggered, in + out); report with `handle_register`.
-    Register(Token),
-    /// Read up to `len` bytes into the buffer from `read_target`; report with `handle_read`.
-    Read { token: Token, len: usize },
-    /// Write the bytes from `write_target`; report with `handle_write`.
-    Write(Token),
+    /// Register this new connection with epoll (edge-triggered, in + out); report with
+    /// `handle_register`.
+    Register { token: Token, sock: &'a S },
+    /// Read into `buf` (as many bytes as the core may take now); report with `handle_read`.
+    Read {
+        token: Token,
+        sock: &'a S,
+        buf: &'a mut [u8],
+    },
+    /// Write `bytes`; report with `handle_write`.
+    Write {
+        token: Token,
+        sock: &'a S,
+        bytes: &'a [u8],
+    },
     /// Shut the write side (sends FIN after everything written). The connection stays open.
-    ShutdownWrite(Token),
+    ShutdownWrite { token: Token, sock: &'a S },
     /// Close this connection's socket (dropping it is enough).
     Close(S),
     /// Close the listening socket: the worker is stopping and has accepted what was queued.
@@ -66,16 +78,49 @@ pub enum Action<S> {
     MeasureBacklog,
     /// Ask the kernel how many bytes this connection's receive queue holds (`FIONREAD`: the stop's
     /// cut, which counts past an urgent mark); report with `handle_queued_input`.
-    MeasureInput(Token),
+    MeasureInput { token: Token, sock: &'a S },
     /// Ask the kernel how many bytes of this connection's output the peer acknowledged
     /// (`tcpi_bytes_acked`); report with `handle_delivery`.
-    CheckDelivery(Token),
+    CheckDelivery { token: Token, sock: &'a S },
     /// Ask the kernel how many bytes of this connection's output the peer acknowledged, as for
     /// `CheckDelivery`, then close it; report with `handle_closed`. Every close of a connection
     /// that wrote something unproven goes this way.
     MeasureAndClose(S),
     /// Close the worker's epoll instance and wake-up channel: the last action of a stop.
     CloseShell,
+}
+
+/// The outcome of one action as the shell feeds it back, for
+/// [`Dispatcher::handle_outcome`](super::Dispatcher::handle_outcome); each variant is the
+/// argument of the matching `handle_*` method.
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<S> {
+    /// The action asks nothing back (a close or a shutdown).
+    Done,
+    Accept(AcceptOutcome<S>),
+    Register {
+        token: Token,
+        registered: bool,
+    },
+    Read {
+        token: Token,
+        outcome: ReadOutcome,
+    },
+    Write {
+        token: Token,
+        outcome: WriteOutcome,
+    },
+    Delivery {
+        token: Token,
+        outcome: AckOutcome,
+    },
+    QueuedInput {
+        token: Token,
+        queued: Option<usize>,
+    },
+    Backlog(Option<usize>),
+    Closed(AckOutcome),
 }
 
 /// Outcome of `accept4`.

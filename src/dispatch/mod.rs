@@ -1,25 +1,36 @@
-//! The pure event-dispatch core of one worker. It performs no I/O, opens nothing, reads no clock and
-//! starts no thread: the shell tells it what happened and it answers what to do next.
+//! The pure event-dispatch core of one worker, and in this file its decisions. It performs no I/O,
+//! opens nothing, reads no clock and starts no thread: the shell tells it what happened and it
+//! answers what to do next.
 //!
 //! # Call order (the run loop, as `worker.rs` runs it)
 //!
 //! 1. Wait for events, at most until [`Dispatcher::poll_timeout`].
 //! 2. Feed each event to [`Dispatcher::handle_event`]; if the wake-up came, call
 //!    [`Dispatcher::handle_stop`]; then feed the current time to [`Dispatcher::handle_time`].
-//! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] and, for
-//!    `Accept`, `Register`, `Read` and `Write`, feeding the outcome back with the matching `handle_*`
-//!    before asking again. `None` ends one round; the loop then waits again.
+//! 3. Call [`Dispatcher::poll_action`] until it returns `None`, performing each [`Action`] with the
+//!    socket and bytes it lends (a read goes into the worker's scratch buffer, an echo is written
+//!    straight from it) and feeding its [`Outcome`] to [`Dispatcher::handle_outcome`] (or the
+//!    matching `handle_*`) before asking again (asking first is a bug, and panics). `None` ends
+//!    one round; the loop then waits again.
 //! 4. Stop when [`Dispatcher::is_finished`] is true and take the [`Report`].
 //!
-//! # What it is made of
+//! # What it is made of (one job per file)
 //!
+//! - This file: the decisions that join the parts below (each input's and outcome's effect, the
+//!   closes and why), and the counting.
+//! - [`interface`]: the vocabulary between the core and the shell: readiness, actions, outcomes.
+//! - [`outbox`]: the in-flight bookkeeping: the requests queued for the shell and the one
+//!   operation whose outcome is awaited.
+//! - [`scheduler`]: fairness and turn driving: the ready queue, rounds, turns and budgets, and
+//!   what each turn asks of the shell.
+//! - [`listener`]: the listening socket's state: open, draining the queue the stop found, closed.
+//! - [`conn`]: one connection's state, every change of it, and the one function that decides its
+//!   next step.
 //! - [`table`]: the connections, in generational slots named by [`Token`]s.
-//! - [`conn`]: one connection's state and the one function that decides its next step.
-//! - [`scheduler`]: the ready queue, rounds, turns and budgets.
+//! - [`outbuf`]: one connection's pending output, bounded by the cap.
 //! - [`timers`]: accept back-off, idle sweep, delivery checks and drain deadline in one table.
-//! - [`idle`]: the idle clock; [`limit`]: the server-wide connection limit; [`outbuf`]: pending
-//!   output; [`interface`]: the vocabulary between the core and the shell.
-//! - This file: the decisions that join them, and the counting.
+//! - [`idle`]: the idle clock; [`limit`]: the server-wide connection limit.
+//! - `tests`: the decisions as traces, one test per decision below.
 //!
 //! # Decisions it owns
 //!
@@ -60,6 +71,8 @@ mod conn;
 mod idle;
 mod interface;
 mod limit;
+mod listener;
+mod outbox;
 mod outbuf;
 mod scheduler;
 mod table;
@@ -69,7 +82,7 @@ mod timers;
 mod tests;
 
 pub(crate) use interface::{
-    AcceptOutcome, AckOutcome, Action, ConnError, ReadOutcome, Readiness, ResourceError,
+    AcceptOutcome, AckOutcome, Action, ConnError, Outcome, ReadOutcome, Readiness, ResourceError,
     WriteOutcome,
 };
 pub(crate) use limit::ConnLimit;
@@ -77,15 +90,16 @@ pub(crate) use table::Token;
 #[cfg(any(test, feature = "sim"))]
 pub(crate) use timers::{MAX_ACCEPT_BACKOFF, MAX_DELIVERY_CHECK};
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::report::{Counter, Report};
-use conn::{Conn, Delivery, Input, Output, Room, Step};
+use conn::{Conn, Output, Room};
 use idle::IdleClock;
 use limit::Lease;
-use scheduler::{Scheduler, Turn};
+use listener::Listener;
+use outbox::{Measured, Op, Outbox, Request, Source};
+use scheduler::Scheduler;
 use table::Table;
 use timers::{after, Timer, Timers};
 
@@ -120,27 +134,6 @@ impl Default for Settings {
             limit: None,
         }
     }
-}
-
-/// An operation whose outcome the core waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Accept,
-    Register(Token),
-    Read(Token, usize),
-    Write(Token, Source),
-    /// Ask whether the peer holds every byte.
-    Delivery(Token),
-    /// Ask how much input arrived before the stop.
-    MeasureInput(Token),
-    /// Ask how many connections the accept queue held at the stop.
-    MeasureBacklog,
-    /// A close that asks the kernel first: what the peer did not acknowledge of the `written`
-    /// bytes is counted by `cause`.
-    Measure {
-        written: u64,
-        cause: Cause,
-    },
 }
 
 /// Why a connection is closed, which says where the bytes its peer did not acknowledge are
@@ -183,78 +176,13 @@ impl Cause {
     }
 }
 
-/// What a write sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    /// The first `n` bytes of the scratch buffer, just read.
-    Scratch(usize),
-    /// The connection's pending output.
-    Pending,
-}
-
-impl Op {
-    fn action<S>(self) -> Action<S> {
-        match self {
-            Op::Accept => Action::Accept,
-            Op::Register(token) => Action::Register(token),
-            Op::Read(token, len) => Action::Read { token, len },
-            Op::Write(token, _) => Action::Write(token),
-            Op::Delivery(token) => Action::CheckDelivery(token),
-            Op::MeasureInput(token) => Action::MeasureInput(token),
-            Op::MeasureBacklog => Action::MeasureBacklog,
-            Op::Measure { .. } => unreachable!("a measured close is queued with its socket"),
-        }
-    }
-}
-
-/// What the core asks of the shell, in the order it asks.
-#[derive(Debug)]
-struct Outbox<S> {
-    /// Actions that carry a socket or need no outcome (closes, shutdowns), served first; a
-    /// measured close comes with the operation whose outcome it awaits.
-    actions: VecDeque<(Action<S>, Option<Op>)>,
-    /// The operation to issue next, before the turn continues (a write after a read, a retry).
-    next: Option<Op>,
-    /// The operation issued and not yet reported.
-    in_flight: Option<Op>,
-}
-
-/// The listening socket as the core sees it.
-#[derive(Debug, PartialEq, Eq)]
-enum Listener {
-    /// Accepting. `backlog`: a connection may be waiting (an edge came and no accept found the
-    /// queue empty since); `queued`: the listener is in the ready queue.
-    Open {
-        backlog: bool,
-        queued: bool,
-    },
-    /// The stop came: accepting what the kernel had queued when the worker took it (`left`, once
-    /// the kernel said; until the queue reads empty if it could not), so no handshake-completed
-    /// client is reset, then closing. Connections queued later are left to the kernel.
-    Draining {
-        queued: bool,
-        left: Option<usize>,
-    },
-    Closed,
-}
-
-impl Listener {
-    /// The flag that says the listener is in the ready queue, while it can be.
-    fn queued_flag(&mut self) -> Option<&mut bool> {
-        match self {
-            Listener::Open { queued, .. } | Listener::Draining { queued, .. } => Some(queued),
-            Listener::Closed => None,
-        }
-    }
-}
-
 /// Where the worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
     /// The stop came: draining.
     Stopping,
-    /// Every descriptor is closed or asked to be.
+    /// Every descriptor is closed or handed to the shell to close.
     Done,
 }
 
@@ -293,16 +221,9 @@ impl<S> Dispatcher<S> {
             conns: Table::default(),
             scheduler: Scheduler::default(),
             timers: Timers::default(),
-            listener: Listener::Open {
-                backlog: false,
-                queued: false,
-            },
+            listener: Listener::new(),
             phase: Phase::Running,
-            outbox: Outbox {
-                actions: VecDeque::new(),
-                next: None,
-                in_flight: None,
-            },
+            outbox: Outbox::default(),
             counts: Report::default(),
         }
     }
@@ -313,9 +234,7 @@ impl<S> Dispatcher<S> {
     /// (stale tokens) are ignored.
     pub fn handle_event(&mut self, token: Token, readiness: Readiness) {
         if token == Token::LISTENER {
-            if let (Listener::Open { backlog, .. }, true) = (&mut self.listener, readiness.readable)
-            {
-                *backlog = true;
+            if readiness.readable && self.listener.on_readable() {
                 self.queue_listener();
             }
             return;
@@ -371,45 +290,48 @@ impl<S> Dispatcher<S> {
         if let Some(deadline) = after(self.now, self.settings.drain_timeout) {
             self.timers.set(Timer::DrainDeadline, deadline);
         }
-        if matches!(self.listener, Listener::Open { .. }) {
-            self.listener = Listener::Draining {
-                queued: false,
-                left: None,
-            };
-            let op = Op::MeasureBacklog;
-            self.outbox.actions.push_back((op.action(), Some(op)));
+        if self.listener.start_draining() {
+            self.outbox.push(Request::Op(Op::MeasureBacklog));
             self.queue_listener();
         }
         // The cut, before anything else happens: how much input each connection had received.
         for token in self.conns.tokens() {
-            let op = Op::MeasureInput(token);
-            self.outbox.actions.push_back((op.action(), Some(op)));
+            self.outbox.push(Request::Op(Op::MeasureInput(token)));
             self.queue_if_work(token);
+        }
+    }
+
+    /// The outcome of the last action, whichever it was: each goes to its `handle_*` below.
+    pub fn handle_outcome(&mut self, outcome: Outcome<S>) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Accept(outcome) => {
+                self.handle_accept(outcome);
+            }
+            Outcome::Register { token, registered } => self.handle_register(token, registered),
+            Outcome::Read { token, outcome } => self.handle_read(token, outcome),
+            Outcome::Write { token, outcome } => self.handle_write(token, outcome),
+            Outcome::Delivery { token, outcome } => self.handle_delivery(token, outcome),
+            Outcome::QueuedInput { token, queued } => self.handle_queued_input(token, queued),
+            Outcome::Backlog(queued) => self.handle_backlog(queued),
+            Outcome::Closed(outcome) => self.handle_closed(outcome),
         }
     }
 
     /// Outcome of [`Action::Accept`]. Returns the new connection's token, if one was admitted.
     pub fn handle_accept(&mut self, outcome: AcceptOutcome<S>) -> Option<Token> {
-        self.take_in_flight(Op::Accept);
-        let draining = matches!(self.listener, Listener::Draining { .. });
-        if let Listener::Draining { left: Some(n), .. } = &mut self.listener {
-            if matches!(outcome, AcceptOutcome::Accepted(_) | AcceptOutcome::Aborted) {
-                *n = n.saturating_sub(1);
-            }
-            if *n == 0 {
-                // The last connection queued at the stop: those that came later are the
-                // kernel's to refuse.
-                self.close_listener();
-            }
+        self.outbox.finish(Op::Accept);
+        let draining = self.listener.is_draining();
+        let took_one = matches!(outcome, AcceptOutcome::Accepted(_) | AcceptOutcome::Aborted);
+        if self.listener.count_accept(took_one) {
+            // The last connection queued at the stop: those that came later are the kernel's to
+            // refuse.
+            self.close_listener();
         }
         match outcome {
             AcceptOutcome::Accepted(sock) => return self.admit(sock),
             AcceptOutcome::WouldBlock if draining => self.close_listener(),
-            AcceptOutcome::WouldBlock => {
-                if let Listener::Open { backlog, .. } = &mut self.listener {
-                    *backlog = false;
-                }
-            }
+            AcceptOutcome::WouldBlock => self.listener.on_empty(),
             AcceptOutcome::Interrupted | AcceptOutcome::Aborted => {}
             AcceptOutcome::Exhausted(_) | AcceptOutcome::Failed => {
                 self.counts.count(match outcome {
@@ -431,23 +353,20 @@ impl<S> Dispatcher<S> {
     /// worker took the stop (`None`: the kernel could not tell, so the queue is accepted until it
     /// reads empty).
     pub fn handle_backlog(&mut self, queued: Option<usize>) {
-        self.take_in_flight(Op::MeasureBacklog);
-        if let Listener::Draining { left, .. } = &mut self.listener {
-            *left = queued;
-            if queued == Some(0) {
-                self.close_listener();
-            }
+        self.outbox.finish(Op::MeasureBacklog);
+        if self.listener.on_backlog(queued) {
+            self.close_listener();
         }
     }
 
     /// Outcome of [`Action::MeasureInput`]: how many bytes had arrived on this connection when the
     /// worker took the stop (`None`: the kernel could not tell, so none are owed).
     pub fn handle_queued_input(&mut self, token: Token, queued: Option<usize>) {
-        self.take_in_flight(Op::MeasureInput(token));
+        self.outbox.finish(Op::MeasureInput(token));
         if let Some(conn) = self.conns.get_mut(token) {
             let queued = queued.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
             conn.on_cut(queued);
-            if conn.first_request {
+            if conn.awaits_first_request() {
                 // Its grace ends with the first delivery check.
                 self.timers.check_delivery_later(self.now);
             }
@@ -458,10 +377,10 @@ impl<S> Dispatcher<S> {
 
     /// Outcome of [`Action::Register`]; a connection that cannot be registered is closed.
     pub fn handle_register(&mut self, token: Token, registered: bool) {
-        self.take_in_flight(Op::Register(token));
-        if registered && self.phase != Phase::Running {
+        self.outbox.finish(Op::Register(token));
+        if registered && self.is_stopping() {
             // Accepted from the queue the stop found: its cut is what it sent by its accept.
-            self.outbox.next = Some(Op::MeasureInput(token));
+            self.outbox.issue(Op::MeasureInput(token));
         } else if registered {
             self.queue_if_work(token);
         } else {
@@ -472,22 +391,11 @@ impl<S> Dispatcher<S> {
     /// Outcome of [`Action::CheckDelivery`]: a connection whose peer acknowledged every byte
     /// written is closed once its input reads empty; the others are asked about again later.
     pub fn handle_delivery(&mut self, token: Token, outcome: AckOutcome) {
-        self.take_in_flight(Op::Delivery(token));
+        self.outbox.finish(Op::Delivery(token));
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if !matches!(conn.output, Output::Shut(_)) {
-            return;
-        }
-        if outcome.covers(conn.written) {
-            // Input may have come since the last read: read it before the close. (What a read
-            // knows already, like a read stopped at an urgent mark, stays.)
-            conn.output = Output::Shut(Delivery::Delivered);
-            if conn.input == Input::Drained {
-                conn.input = Input::Ready;
-            }
-        } else {
-            conn.output = Output::Shut(Delivery::Pending);
+        if conn.on_delivery(outcome) {
             self.timers.check_delivery_later(self.now);
         }
     }
@@ -495,37 +403,33 @@ impl<S> Dispatcher<S> {
     /// Outcome of [`Action::MeasureAndClose`]: what the peer acknowledged is delivered, the rest
     /// counted by why the connection closed.
     pub fn handle_closed(&mut self, outcome: AckOutcome) {
-        let (written, cause) = match self.outbox.in_flight.take() {
-            Some(Op::Measure { written, cause }) => (written, cause),
-            other => panic!("a close outcome while awaiting {other:?}"),
-        };
+        let Measured { written, cause } = self.outbox.finish_measured();
         let delivered = outcome.delivered_of(written);
         self.counts.add(Counter::BytesDelivered, delivered);
         self.counts
             .add(cause.unacked_counter(), written - delivered);
     }
 
-    /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in `read_target`'s buffer.
+    /// Outcome of [`Action::Read`]; for `Data(n)` the bytes are in the buffer the action lent.
     pub fn handle_read(&mut self, token: Token, outcome: ReadOutcome) {
-        let (asked, tick) = (self.read_in_flight(token), self.tick());
-        self.outbox.in_flight = None;
+        let (asked, tick) = (self.outbox.read_in_flight(token), self.tick());
+        self.outbox.finish_io();
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
         match outcome {
             ReadOutcome::Data(n) => {
                 assert!(n > 0 && n <= asked, "read returned {n} of {asked} bytes");
-                conn.last_active = tick;
-                conn.on_data(n, asked);
-                if matches!(conn.output, Output::Shut(_)) {
+                conn.on_data(n, asked, tick);
+                if matches!(conn.output(), Output::Shut(_)) {
                     self.counts.add(Counter::BytesDiscarded, n as u64);
-                } else if conn.output == Output::Expired {
+                } else if conn.output() == Output::Expired {
                     // Arrived before the stop, too late to be echoed.
                     self.counts.add(Counter::BytesRead, n as u64);
                     self.counts.add(Counter::BytesDropped, n as u64);
-                } else if conn.pending.is_empty() && conn.output == Output::Open {
+                } else if conn.pending.is_empty() && conn.output() == Output::Open {
                     self.counts.add(Counter::BytesRead, n as u64);
-                    self.outbox.next = Some(Op::Write(token, Source::Scratch(n)));
+                    self.outbox.issue(Op::Write(token, Source::Scratch(n)));
                 } else {
                     self.counts.add(Counter::BytesRead, n as u64);
                     let cap = self.settings.max_pending;
@@ -535,15 +439,15 @@ impl<S> Dispatcher<S> {
             }
             ReadOutcome::Eof => conn.on_eof(),
             ReadOutcome::WouldBlock => conn.on_would_block(),
-            ReadOutcome::Interrupted => self.outbox.next = Some(Op::Read(token, asked)),
+            ReadOutcome::Interrupted => self.outbox.issue(Op::Read(token, asked)),
             ReadOutcome::Failed(why) => conn.fail(why),
         }
     }
 
     /// Outcome of [`Action::Write`].
     pub fn handle_write(&mut self, token: Token, outcome: WriteOutcome) {
-        let (source, tick) = (self.write_in_flight(token), self.tick());
-        self.outbox.in_flight = None;
+        let (source, tick) = (self.outbox.write_in_flight(token), self.tick());
+        self.outbox.finish_io();
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -557,7 +461,7 @@ impl<S> Dispatcher<S> {
                 k
             }
             WriteOutcome::Interrupted => {
-                self.outbox.next = Some(Op::Write(token, source));
+                self.outbox.issue(Op::Write(token, source));
                 return;
             }
             WriteOutcome::WouldBlock => 0,
@@ -567,17 +471,11 @@ impl<S> Dispatcher<S> {
             }
         };
         self.counts.add(Counter::BytesWritten, written as u64);
-        conn.written += written as u64;
-        if written > 0 {
-            conn.last_active = tick;
-        }
-        if written < offered && conn.output == Output::Open {
-            conn.output = Output::Blocked;
-        }
+        conn.on_written(written, offered, tick);
         match source {
             Source::Scratch(n) => {
                 let rest = &self.scratch[written..n];
-                if matches!(conn.output, Output::Failed(_)) {
+                if conn.has_failed() {
                     self.counts.add(Counter::BytesDropped, rest.len() as u64);
                 } else if !rest.is_empty() {
                     let cap = self.settings.max_pending;
@@ -592,34 +490,24 @@ impl<S> Dispatcher<S> {
     // ----- outputs -----
 
     /// The next thing the shell must do, or `None` when this round is over.
-    pub fn poll_action(&mut self) -> Option<Action<S>> {
+    pub fn poll_action(&mut self) -> Option<Action<'_, S>> {
         assert!(
-            self.outbox.in_flight.is_none(),
+            !self.outbox.awaits(),
             "poll_action before the last outcome was handled"
         );
         loop {
-            if let Some((action, op)) = self.outbox.actions.pop_front() {
-                self.outbox.in_flight = op;
-                return Some(action);
-            }
-            if let Some(op) = self.outbox.next.take() {
-                self.outbox.in_flight = Some(op);
-                return Some(op.action());
+            if let Some(request) = self.outbox.pop() {
+                return Some(self.lend(request));
             }
             if let Some(turn) = self.scheduler.turn() {
-                if !self.step(turn) {
-                    self.end_turn(turn);
-                }
+                self.continue_turn(turn);
                 continue;
             }
-            if self.phase == Phase::Stopping
-                && self.listener == Listener::Closed
-                && self.conns.len() == 0
-            {
+            if self.phase == Phase::Stopping && self.listener.is_closed() && self.conns.len() == 0 {
                 // The last descriptors: the epoll instance and the wake-up channel.
                 self.phase = Phase::Done;
                 self.counts.add(Counter::DescriptorsClosed, 2);
-                self.outbox.actions.push_back((Action::CloseShell, None));
+                self.outbox.push(Request::CloseShell);
                 continue;
             }
             let token = self.scheduler.next_in_round()?;
@@ -630,21 +518,20 @@ impl<S> Dispatcher<S> {
     /// When the shell must call [`Dispatcher::handle_time`] at the latest (`None`: only on events).
     /// Equals the current time while work is queued, so the shell polls without blocking.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.scheduler.has_queued() || !self.outbox.actions.is_empty() {
+        if self.scheduler.has_queued() || self.outbox.has_queued() {
             return Some(self.now);
         }
         self.timers.next()
     }
 
-    /// True once shutdown completed: every descriptor closed, the shell's last.
+    /// True once shutdown completed: every descriptor closed, the shell's last. (`Done` is set
+    /// by the `poll_action` that hands out that last close, after everything else was reported,
+    /// and nothing can queue anything after it.)
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Done
-            && self.outbox.actions.is_empty()
-            && self.outbox.in_flight.is_none()
     }
 
     /// True once [`Dispatcher::handle_stop`] was called.
-    #[cfg(test)]
     pub fn is_stopping(&self) -> bool {
         self.phase != Phase::Running
     }
@@ -666,57 +553,73 @@ impl<S> Dispatcher<S> {
         self.conns.values().map(|c| c.pending.len()).sum()
     }
 
-    /// The socket of a live connection (for `Register` and `ShutdownWrite`).
-    pub fn socket(&self, token: Token) -> &S {
+    /// The action for `request`, lending the socket and bytes it names. Reads go into the scratch
+    /// buffer and an echo is written straight from it: only what the kernel does not take is
+    /// copied, into the pending output.
+    fn lend(&mut self, request: Request<S>) -> Action<'_, S> {
+        match request {
+            Request::Op(op) => self.lend_op(op),
+            Request::ShutdownWrite(token) => Action::ShutdownWrite {
+                token,
+                sock: self.socket(token),
+            },
+            Request::Close(sock) => Action::Close(sock),
+            Request::MeasureAndClose(sock, _) => Action::MeasureAndClose(sock),
+            Request::CloseListener => Action::CloseListener,
+            Request::CloseShell => Action::CloseShell,
+        }
+    }
+
+    /// The action for an operation named by token, lending its connection's socket and, for a
+    /// read or a write, the bytes.
+    fn lend_op(&mut self, op: Op) -> Action<'_, S> {
+        match op {
+            Op::Accept => Action::Accept,
+            Op::MeasureBacklog => Action::MeasureBacklog,
+            Op::Register(token) => Action::Register {
+                token,
+                sock: self.socket(token),
+            },
+            Op::Delivery(token) => Action::CheckDelivery {
+                token,
+                sock: self.socket(token),
+            },
+            Op::MeasureInput(token) => Action::MeasureInput {
+                token,
+                sock: self.socket(token),
+            },
+            Op::Read(token, len) => {
+                let conn = self.conns.get(token).expect("read of a closed connection");
+                Action::Read {
+                    token,
+                    sock: &conn.sock,
+                    buf: &mut self.scratch[..len],
+                }
+            }
+            Op::Write(token, source) => {
+                let conn = self.conns.get(token).expect("write of a closed connection");
+                let bytes = match source {
+                    Source::Scratch(n) => &self.scratch[..n],
+                    Source::Pending => conn.pending.as_slice(),
+                };
+                Action::Write {
+                    token,
+                    sock: &conn.sock,
+                    bytes,
+                }
+            }
+        }
+    }
+
+    // ----- internals -----
+
+    /// The socket of a live connection; a bug if the connection is gone.
+    fn socket(&self, token: Token) -> &S {
         &self
             .conns
             .get(token)
             .expect("socket of a closed connection")
             .sock
-    }
-
-    /// Socket and buffer for the `Read` in progress.
-    pub fn read_target(&mut self, token: Token) -> (&S, &mut [u8]) {
-        let len = self.read_in_flight(token);
-        let conn = self.conns.get(token).expect("read of a closed connection");
-        (&conn.sock, &mut self.scratch[..len])
-    }
-
-    /// Socket and bytes for the `Write` in progress.
-    pub fn write_target(&self, token: Token) -> (&S, &[u8]) {
-        let source = self.write_in_flight(token);
-        let conn = self.conns.get(token).expect("write of a closed connection");
-        let bytes = match source {
-            Source::Scratch(n) => &self.scratch[..n],
-            Source::Pending => conn.pending.as_slice(),
-        };
-        (&conn.sock, bytes)
-    }
-
-    // ----- internals -----
-
-    fn take_in_flight(&mut self, expected: Op) {
-        assert_eq!(
-            self.outbox.in_flight.take(),
-            Some(expected),
-            "outcome for an operation not issued"
-        );
-    }
-
-    /// The length of the read issued for `token`; a bug in the shell if none was.
-    fn read_in_flight(&self, token: Token) -> usize {
-        match self.outbox.in_flight {
-            Some(Op::Read(t, len)) if t == token => len,
-            other => panic!("a read of {token:?} while awaiting {other:?}"),
-        }
-    }
-
-    /// What the write issued for `token` sends; a bug in the shell if none was.
-    fn write_in_flight(&self, token: Token) -> Source {
-        match self.outbox.in_flight {
-            Some(Op::Write(t, source)) if t == token => source,
-            other => panic!("a write to {token:?} while awaiting {other:?}"),
-        }
     }
 
     fn room(&self) -> Room {
@@ -748,7 +651,7 @@ impl<S> Dispatcher<S> {
                 self.timers.set(Timer::IdleSweep, self.now + clock.period());
             }
         }
-        self.outbox.next = Some(Op::Register(token));
+        self.outbox.issue(Op::Register(token));
         Some(token)
     }
 
@@ -762,16 +665,15 @@ impl<S> Dispatcher<S> {
             self.counts.count(counter);
         }
         if conn.delivered() {
-            self.counts.add(Counter::BytesDelivered, conn.written);
+            self.counts.add(Counter::BytesDelivered, conn.written());
             self.close_socket(conn.sock);
         } else {
-            let op = Op::Measure {
-                written: conn.written,
+            let measured = Measured {
+                written: conn.written(),
                 cause,
             };
             self.outbox
-                .actions
-                .push_back((Action::MeasureAndClose(conn.sock), Some(op)));
+                .push(Request::MeasureAndClose(conn.sock, measured));
             self.counts.count(Counter::DescriptorsClosed);
         }
     }
@@ -793,15 +695,14 @@ impl<S> Dispatcher<S> {
     }
 
     fn close_socket(&mut self, sock: S) {
-        self.outbox.actions.push_back((Action::Close(sock), None));
+        self.outbox.push(Request::Close(sock));
         self.counts.count(Counter::DescriptorsClosed);
     }
 
     /// Closes the listener (at the stop, once the queue is accepted or cannot be).
     fn close_listener(&mut self) {
-        if self.listener != Listener::Closed {
-            self.listener = Listener::Closed;
-            self.outbox.actions.push_back((Action::CloseListener, None));
+        if self.listener.close() {
+            self.outbox.push(Request::CloseListener);
             self.counts.count(Counter::DescriptorsClosed);
         }
     }
@@ -812,13 +713,13 @@ impl<S> Dispatcher<S> {
             let Some(conn) = self.conns.get_mut(token) else {
                 continue;
             };
-            if matches!(conn.output, Output::Failed(_)) {
+            if conn.has_failed() {
                 // A connection that failed is closed for its error, whenever that happens.
                 self.close(token, Cause::Error);
-            } else if conn.owed.is_some_and(|owed| owed > 0) {
+            } else if conn.owes_input() {
                 // Input that arrived before the stop is read out first, so the close sends no
                 // reset; it is dropped.
-                conn.output = Output::Expired;
+                conn.expire();
                 self.queue_if_work(token);
             } else {
                 self.close(token, Cause::Deadline);
@@ -830,15 +731,8 @@ impl<S> Dispatcher<S> {
     /// asked about again, and the grace for first requests ends.
     fn recheck_delivery(&mut self) {
         for token in self.conns.tokens() {
-            if let Some(conn) = self.conns.get_mut(token) {
-                if conn.output == Output::Shut(Delivery::Pending) {
-                    conn.output = Output::Shut(Delivery::Due);
-                    self.queue_if_work(token);
-                } else if conn.first_request {
-                    // No request came in the grace: our FIN.
-                    conn.first_request = false;
-                    self.queue_if_work(token);
-                }
+            if self.conns.get_mut(token).is_some_and(Conn::on_check_timer) {
+                self.queue_if_work(token);
             }
         }
     }
@@ -850,13 +744,10 @@ impl<S> Dispatcher<S> {
             let silent = self
                 .conns
                 .get(token)
-                .is_some_and(|c| clock.expired(c.last_active, self.now));
+                .is_some_and(|c| clock.expired(c.last_active(), self.now));
             if silent {
                 // One that failed meanwhile is closed for its error, as at the deadline.
-                let failed = self
-                    .conns
-                    .get(token)
-                    .is_some_and(|c| matches!(c.output, Output::Failed(_)));
+                let failed = self.conns.get(token).is_some_and(Conn::has_failed);
                 self.close(token, if failed { Cause::Error } else { Cause::Idle });
             }
         }
@@ -864,143 +755,6 @@ impl<S> Dispatcher<S> {
             Some(next) => self.timers.set(Timer::IdleSweep, next),
             None => {
                 self.timers.clear(Timer::IdleSweep);
-            }
-        }
-    }
-
-    fn queue_if_work(&mut self, token: Token) {
-        let (stopping, room) = (self.phase != Phase::Running, self.room());
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        if !conn.queued && conn.next_step(stopping, room).is_some() {
-            conn.queued = true;
-            self.scheduler.push(token);
-        }
-    }
-
-    fn queue_listener(&mut self) {
-        if let Some(queued) = self.listener.queued_flag() {
-            if !*queued {
-                *queued = true;
-                self.scheduler.push(Token::LISTENER);
-            }
-        }
-    }
-
-    /// The listener has a connection to accept and is not backing off; while draining, it
-    /// accepts until the queue is empty.
-    fn listener_can_accept(&self) -> bool {
-        match self.listener {
-            Listener::Open { backlog, .. } => backlog && !self.timers.is_set(Timer::AcceptRetry),
-            Listener::Draining { left, .. } => left != Some(0),
-            Listener::Closed => false,
-        }
-    }
-
-    fn begin_turn(&mut self, token: Token) {
-        let turn = if token == Token::LISTENER {
-            Some(Turn::Listener {
-                accepts_left: self.settings.accepts_per_turn,
-            })
-        } else {
-            self.conns.get(token).map(|_| Turn::Conn {
-                token,
-                reads_left: self.settings.reads_per_turn,
-            })
-        };
-        self.scheduler.set_turn(turn);
-    }
-
-    /// Ends a turn; whoever still has work goes to the back of the queue.
-    fn end_turn(&mut self, turn: Turn) {
-        self.scheduler.set_turn(None);
-        match turn {
-            Turn::Listener { .. } => {
-                let again = self.listener_can_accept();
-                if let Some(queued) = self.listener.queued_flag() {
-                    *queued = again;
-                }
-                if again {
-                    self.scheduler.push(Token::LISTENER);
-                }
-            }
-            Turn::Conn { token, .. } => {
-                let (stopping, room) = (self.phase != Phase::Running, self.room());
-                let Some(conn) = self.conns.get_mut(token) else {
-                    return;
-                };
-                conn.queued = conn.next_step(stopping, room).is_some();
-                if conn.queued {
-                    self.scheduler.push(token);
-                }
-            }
-        }
-    }
-
-    /// Issues the next operation of the current turn; false when the turn is over.
-    fn step(&mut self, turn: Turn) -> bool {
-        match turn {
-            Turn::Listener { accepts_left } => {
-                if !self.listener_can_accept() || accepts_left == 0 {
-                    return false;
-                }
-                self.scheduler.set_turn(Some(Turn::Listener {
-                    accepts_left: accepts_left - 1,
-                }));
-                self.outbox.next = Some(Op::Accept);
-                true
-            }
-            Turn::Conn { token, reads_left } => self.step_conn(token, reads_left),
-        }
-    }
-
-    fn step_conn(&mut self, token: Token, reads_left: u32) -> bool {
-        let (stopping, room) = (self.phase != Phase::Running, self.room());
-        let Some(conn) = self.conns.get_mut(token) else {
-            return false;
-        };
-        match conn.next_step(stopping, room) {
-            None => false,
-            Some(Step::Close) => {
-                let cause = match conn.output {
-                    Output::Failed(_) => Cause::Error,
-                    Output::Expired => Cause::Deadline,
-                    Output::Shut(_) => Cause::Delivered,
-                    Output::Open | Output::Blocked => Cause::Orderly,
-                };
-                self.close(token, cause);
-                false
-            }
-            Some(Step::Write) => {
-                self.outbox.next = Some(Op::Write(token, Source::Pending));
-                true
-            }
-            Some(Step::ShutdownWrite) => {
-                // Our FIN cannot be acknowledged at once: the first check comes with the timer.
-                conn.output = Output::Shut(Delivery::Pending);
-                self.timers.check_delivery_later(self.now);
-                self.outbox
-                    .actions
-                    .push_back((Action::ShutdownWrite(token), None));
-                true
-            }
-            Some(Step::CheckDelivery) => {
-                self.outbox.next = Some(Op::Delivery(token));
-                true
-            }
-            Some(Step::MeasureInput) => {
-                self.outbox.next = Some(Op::MeasureInput(token));
-                true
-            }
-            Some(Step::Read(_)) if reads_left == 0 => false,
-            Some(Step::Read(len)) => {
-                self.scheduler.set_turn(Some(Turn::Conn {
-                    token,
-                    reads_left: reads_left - 1,
-                }));
-                self.outbox.next = Some(Op::Read(token, len));
-                true
             }
         }
     }
