@@ -292,6 +292,25 @@ fn trickle(addr: SocketAddr, request: &'static [u8], gap: Duration) -> (Duration
     (start.elapsed(), received)
 }
 
+/// A request that arrives in pieces, each soon after the last (as a slow network delivers it),
+/// is answered once it is whole: the endpoint waits for the rest rather than giving up.
+#[test]
+fn a_request_in_pieces_is_answered_once_whole() {
+    let (server, _, metrics) = start(&[]);
+    let mut stream = connect(metrics);
+    for piece in [&b"GET /metr"[..], b"ics HTTP/1.1\r\nHo", b"st: x\r\n\r\n"] {
+        stream.write_all(piece).expect("send a piece");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    let response = String::from_utf8(response).expect("a text response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    server.terminate().assert_clean();
+}
+
 #[test]
 fn a_client_sending_one_byte_at_a_time_is_cut_off_and_holds_no_scrape() {
     let (server, _, metrics) = start(&[]);
