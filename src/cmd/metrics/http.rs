@@ -209,6 +209,16 @@ mod tests {
         assert_eq!(parse_head(&long_url), Some(Request::UriTooLong));
         long_url.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(parse_head(&long_url), Some(Request::UriTooLong));
+        // At the bound, not past it: 8 KiB, the documented limit, is taken.
+        let mut at_bound = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        at_bound.resize(8 * 1024 - 4, b'a');
+        at_bound.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_head(&at_bound), valid("GET", "/metrics"));
+        // A request line of 8 KiB is not too long (414), though with its line end the head is (431).
+        let mut url_at_bound = b"GET /metrics?".to_vec();
+        url_at_bound.resize(8 * 1024 - b" HTTP/1.1".len(), b'a');
+        url_at_bound.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(parse_head(&url_at_bound), Some(Request::TooLarge));
         let mut many = b"GET /metrics HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
