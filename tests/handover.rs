@@ -90,6 +90,11 @@ fn only_listening_tcp_sockets_on_one_address_are_served() {
     ));
 }
 
+/// The flags of an instance that takes over on loopback port `port` from the offer at `path`.
+fn successor<'a>(port: &'a str, path: &'a str) -> [&'a str; 6] {
+    ["--bind", "127.0.0.1", "--port", port, "--handover", path]
+}
+
 /// The log line that says how many listeners a process took or handed over.
 fn said(lines: &[String], what: &str) -> bool {
     lines.iter().any(|l| l.contains(what))
@@ -103,15 +108,7 @@ fn the_binary_takes_the_listeners_over_and_offers_them_on() {
     let (old, addr) = Process::start(&["--maxListeners", "2", "--handover", path_arg]);
     assert!(path.exists(), "the old instance offers nothing");
     let port = addr.port().to_string();
-    let new_args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--handover",
-        path_arg,
-    ];
-    let new = Process::spawn(&new_args);
+    let new = Process::spawn(&successor(&port, path_arg));
     let (new_addr, workers) = new.listening();
     assert_eq!(
         (new_addr, workers),
@@ -147,15 +144,7 @@ fn the_binary_refuses_listeners_on_another_port_in_one_line() {
     let other = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let other_port = other.local_addr().expect("address").port().to_string();
     drop(other);
-    let args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &other_port,
-        "--handover",
-        path_arg,
-    ];
-    let exit = Process::spawn(&args).exit();
+    let exit = Process::spawn(&successor(&other_port, path_arg)).exit();
     assert_eq!(exit.status.code(), Some(1), "{:?}", exit.stderr);
     assert_eq!(exit.stderr.len(), 1, "want one line: {:?}", exit.stderr);
     let want = format!("listens on {addr}, not on 127.0.0.1:{other_port}");
@@ -228,16 +217,8 @@ fn an_instance_out_of_descriptors_warns_once_and_its_successor_fails_in_one_line
     let old = Process::spawn_with(&args, Stdio::piped(), Stdio::piped(), Some(nofile));
     let (addr, _) = old.listening();
     let port = addr.port().to_string();
-    let new_args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--handover",
-        path_arg,
-    ];
     // The old one cannot accept the new one's connection (nor any client): the new one waits for an answer.
-    let new = Process::spawn(&new_args).exit();
+    let new = Process::spawn(&successor(&port, path_arg)).exit();
     assert_eq!(new.status.code(), Some(1), "{:?}", new.stderr);
     assert_eq!(new.stderr.len(), 1, "want one line: {:?}", new.stderr);
     assert!(

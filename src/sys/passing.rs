@@ -18,6 +18,17 @@ fn control_buffer(count: usize) -> (Vec<u64>, usize) {
     (vec![0u64; space.div_ceil(8)], space)
 }
 
+/// A message of one buffer (`iov`) and `space` bytes of control data in `control`.
+fn message(iov: &mut libc::iovec, control: &mut [u64], space: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain old data; all-zero bytes are a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    msg
+}
+
 /// Sends `fds` over the connected Unix socket `sock`, one byte of payload per message of at most
 /// 253 descriptors. The kernel duplicates them into the receiver; ours stay open.
 pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -29,12 +40,7 @@ pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Resu
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
         };
-        // SAFETY: msghdr is plain old data; all-zero bytes are a valid value.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let msg = message(&mut iov, &mut control, space);
         // SAFETY: the control buffer is live, aligned for cmsghdr and `space` bytes long, which
         // CMSG_SPACE sized for one header and `raw.len()` descriptors, so the first header and its
         // data lie inside it.
@@ -61,12 +67,7 @@ pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Vec<OwnedFd>> {
             iov_base: payload.as_mut_ptr().cast(),
             iov_len: payload.len(),
         };
-        // SAFETY: msghdr is plain old data; all-zero bytes are a valid value.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut msg = message(&mut iov, &mut control, space);
         // SAFETY: msg points to the live iovec, payload and control buffer above, of the sizes given.
         let got = syscall!(recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC))?;
         // SAFETY: recvmsg filled the control buffer and set msg_controllen; the CMSG_* macros walk
