@@ -425,3 +425,105 @@ fn the_readme_lists_every_series() {
         "README's Operations section lacks {missing:?}"
     );
 }
+
+/// A connection to `addr` whose receive buffer is set to `rcvbuf` before it connects, so the
+/// window it offers stays small.
+fn connect_with_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use nix::sys::socket::{
+        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("an IPv4 address: {addr}")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    setsockopt(&fd, sockopt::RcvBuf, &rcvbuf).expect("SO_RCVBUF");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).expect("connect");
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("read timeout");
+    stream
+}
+
+/// Scrapes through a small window: waits before reading, then reads in small pieces and sends a
+/// line after each. Returns the response's announced body length and
+/// what arrived, and the error that ended the exchange, if any.
+fn slow_scrape(metrics: SocketAddr) -> (usize, Vec<u8>, Option<std::io::Error>) {
+    let mut stream = connect_with_window(metrics, 4096);
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send the request");
+    // The endpoint fills the window and its send buffer meanwhile; well inside its deadline.
+    thread::sleep(Duration::from_millis(300));
+    let (mut response, mut chunk) = (Vec::new(), [0u8; 1024]);
+    let mut announced = None;
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) => return (announced.unwrap_or(0), response, Some(e)),
+        }
+        let text = String::from_utf8_lossy(&response);
+        announced = announced.or_else(|| {
+            let (head, _) = text.split_once("\r\n\r\n")?;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))?;
+            length.trim().parse::<usize>().ok()
+        });
+        // However long the response, one of these comes after the endpoint's last write.
+        if let Err(e) = stream.write_all(b"more\r\n") {
+            return (announced.unwrap_or(0), response, Some(e));
+        }
+    }
+    (announced.unwrap_or(0), response, None)
+}
+
+/// A scrape bigger than the endpoint's send buffer and the scraper's window, read slowly by a
+/// scraper that keeps sending lines, arrives whole: the endpoint waits for room rather
+/// than giving up, and after its last byte it reads what the scraper still sends until the
+/// scraper closes, instead of closing at once (input that reaches a closed socket is answered
+/// with a reset, which ends the exchange and can throw away an unsent tail). Runs in a private
+/// network namespace whose TCP send buffers are capped at 16 KiB, so the response cannot fit
+/// whatever the host's settings; needs root, and says so when it skips (CI runs as root).
+#[test]
+fn a_scrape_larger_than_the_send_buffer_reaches_a_slow_reader_whole() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "skipped: needs root for a private network namespace and a sysctl (CI runs as root)"
+        );
+        return;
+    }
+    let scraped = common::in_private_network(|| {
+        std::fs::write("/proc/sys/net/ipv4/tcp_wmem", "4096 16384 16384")
+            .expect("cap the send buffers in the namespace");
+        // 32 workers: a response of about 50 KiB.
+        let (server, _, metrics) = start(&["--maxListeners", "32"]);
+        let scraped = slow_scrape(metrics);
+        server.terminate().assert_clean();
+        scraped
+    });
+    let Some((announced, response, error)) = scraped else {
+        panic!("root, yet no private network namespace: unshare(CLONE_NEWNET) or `ip` failed");
+    };
+    assert!(
+        announced > 2 * 16384,
+        "a response of {announced} bytes fits the buffers: nothing was tested"
+    );
+    let text = String::from_utf8_lossy(&response);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(0, |(_, body)| body.len());
+    assert!(
+        error.is_none() && body == announced,
+        "{body} of {announced} bytes arrived, then {error:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+}

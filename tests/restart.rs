@@ -15,13 +15,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::process::{lowest_descriptor_limit, on_loopback, Process};
-use common::serial;
+use common::{in_private_network, serial};
 use epoll_echo::Counter;
-use nix::sched::{unshare, CloneFlags};
 
 /// Clients per run: with two listeners sharing the port, the chance that none lands on the old
 /// one is 2^-32.
@@ -171,22 +170,6 @@ fn failed_requests_onto(onto: Onto) -> usize {
     let failed = unanswered(clients);
     new.terminate();
     failed
-}
-
-/// Runs `f` on a thread of its own inside a new network namespace with loopback up; processes it
-/// starts share the namespace. `None` when the namespace cannot be had (not root).
-fn in_private_network<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).ok()?;
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .ok()?;
-        assert!(up.success(), "ip link set lo up failed in the namespace");
-        Some(f())
-    })
-    .join()
-    .expect("the namespace thread")
 }
 
 #[test]

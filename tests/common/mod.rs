@@ -119,3 +119,19 @@ pub fn listening_sockets(port: u16) -> usize {
         })
         .sum()
 }
+
+/// Runs `f` on a thread of its own inside a new network namespace with loopback up; processes it
+/// starts share the namespace. `None` when the namespace cannot be had (not root).
+pub fn in_private_network<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .ok()?;
+        assert!(up.success(), "ip link set lo up failed in the namespace");
+        Some(f())
+    })
+    .join()
+    .expect("the namespace thread")
+}
