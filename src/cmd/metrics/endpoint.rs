@@ -142,11 +142,8 @@ impl Endpoint {
                     self.conns.push(Conn::new(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                // A client that reset while queued: take the next.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     log::warn!("metrics endpoint: accept failed ({e}); retrying shortly");
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
@@ -199,6 +196,7 @@ impl Conn {
     }
 
     /// Moves the connection on after `events`; false once it is finished and should be closed.
+    /// Its calls are non-blocking, so never interrupted: any error but would-block ends it.
     fn progress(&mut self, metrics: &dyn Fn() -> Option<String>) -> bool {
         loop {
             match &mut self.phase {
@@ -224,7 +222,6 @@ impl Conn {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => return false,
                 },
                 Phase::Linger => {
@@ -233,7 +230,6 @@ impl Conn {
                         Ok(0) => return false,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => return false,
                     }
                 }

@@ -42,8 +42,8 @@ pub(super) fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> Result<Op
                     return Ok(Some(request));
                 }
             }
+            // Non-blocking: never interrupted, so any other error ends the scrape.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(()),
         }
     }
