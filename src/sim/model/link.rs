@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 
 use crate::dispatch::{Readiness, Token};
 use crate::sim::readiness::{NONE, READABLE, WRITABLE};
+use crate::sim::trace::Nanos;
 
 /// Where the connection is in its life, as the server's kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +110,8 @@ pub struct Downstream {
     pub acked: u64,
     /// The client's kernel acknowledged our FIN.
     pub fin_acked: bool,
+    /// Since when a late acknowledgement has held back part of `queue` (or our FIN).
+    pub held_since: Option<Nanos>,
     /// Bytes of the echo the client has read.
     pub received: usize,
     /// The client read the server's FIN.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::entropy::Entropy;
 use super::faults::{Fault, Faults};
 use super::readiness::{READABLE, WRITABLE};
+use super::scenario::MILLI;
 use super::trace::{logged, Ev, Nanos, Trace};
 use crate::dispatch::{Readiness, Token};
 use epoll::Epoll;
@@ -46,6 +47,9 @@ impl SimSocket {
 
 /// Trace lines kept for a failure report.
 const TRACE_LEN: usize = 400;
+/// Linux's shortest retransmission timeout (`TCP_RTO_MIN`): the longest a drawn late
+/// acknowledgement may hold bytes back.
+pub const LATEST_ACK: Nanos = 200 * MILLI;
 
 /// The fixed facts of one simulated kernel.
 #[derive(Clone, Debug)]
@@ -306,9 +310,16 @@ impl<E: Entropy> Kernel<E> {
 
     /// What the server's kernel sent lands at the client's, unless some of it (or its
     /// acknowledgement) is still on the way: then only part lands now, the rest at a later chance
-    /// (another write, a question, a read).
+    /// (another write, a question, a read). A drawn delay never outlasts [`LATEST_ACK`]: by then
+    /// Linux has sent the bytes again, so the next chance lands them.
     fn maybe_land(&mut self, link: usize) {
-        let units = if self.fault(Fault::AckLate) {
+        let now = self.now();
+        let overdue = self.choices.steer.is_none()
+            && self.links[link]
+                .down
+                .held_since
+                .is_some_and(|t| now - t >= LATEST_ACK);
+        let units = if !overdue && self.fault(Fault::AckLate) {
             match &mut self.choices.steer {
                 Some(steer) => steer.land.take().unwrap_or(0),
                 None => {
@@ -321,6 +332,13 @@ impl<E: Entropy> Kernel<E> {
             usize::MAX
         };
         let r = self.links[link].land(units);
+        let d = &mut self.links[link].down;
+        let left = !d.queue.is_empty() || (d.fin && !d.fin_acked);
+        d.held_since = if units < usize::MAX && left {
+            d.held_since.or(Some(now))
+        } else {
+            None
+        };
         self.edge(link, r);
     }
 
@@ -593,5 +611,31 @@ impl<E: Entropy> Kernel<E> {
         self.note(Ev::CloseShell);
         self.epoll.shut = true;
         self.counts.closes += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::entropy::ByteSource;
+
+    /// A drawn late acknowledgement holds bytes back for at most [`LATEST_ACK`]: then the
+    /// client's next read lands them, as Linux's retransmission would, whatever the draws say.
+    /// (Unbounded, a run whose draws kept landing nothing left an echo waiting forever.)
+    #[test]
+    fn a_late_acknowledgement_holds_bytes_back_no_longer_than_the_retransmission_timeout() {
+        // Every landing is late, and zero entropy lands nothing of it.
+        let faults = Faults::none().with(Fault::AckLate, 1000);
+        let mut k = Kernel::new(ByteSource::new(&[]), Setup::new(faults));
+        let link = k.connect(100, 100, 1, 100).expect("connect");
+        let sock = k.accept().expect("accept");
+        assert_eq!(k.write(&sock, b"echo").expect("write"), 4);
+        assert!(k.client_recv(link, 100).is_empty(), "nothing landed yet");
+        k.advance(Duration::from_nanos(LATEST_ACK - 1));
+        assert!(k.client_recv(link, 100).is_empty(), "still late");
+        k.advance(Duration::from_nanos(1));
+        assert_eq!(k.client_recv(link, 100), b"echo");
+        assert_eq!(k.links[link].down.held_since, None);
+        k.close(sock);
     }
 }
