@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::process::{on_loopback, Process};
-use common::{connect, echoes, eventually, IO_TIMEOUT};
+use common::{connect, echoes, eventually, small_window, IO_TIMEOUT};
 use epoll_echo::{Counter, Derived, Report};
 use prometheus_parse::{Scrape, Value};
 
@@ -426,37 +426,11 @@ fn the_readme_lists_every_series() {
     );
 }
 
-/// A connection to `addr` whose receive buffer is set to `rcvbuf` before it connects, so the
-/// window it offers stays small.
-fn connect_with_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    use nix::sys::socket::{
-        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-    };
-    use std::os::fd::AsRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        panic!("an IPv4 address: {addr}")
-    };
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    setsockopt(&fd, sockopt::RcvBuf, &rcvbuf).expect("SO_RCVBUF");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).expect("connect");
-    let stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("read timeout");
-    stream
-}
-
 /// Scrapes through a small window: waits before reading, then reads in small pieces and sends a
 /// line after each. Returns the response's announced body length and
 /// what arrived, and the error that ended the exchange, if any.
 fn slow_scrape(metrics: SocketAddr) -> (usize, Vec<u8>, Option<std::io::Error>) {
-    let mut stream = connect_with_window(metrics, 4096);
+    let mut stream = small_window(metrics, 4096);
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
         .expect("send the request");
