@@ -98,6 +98,39 @@ mod tests {
         }
     }
 
+    /// Dropping the endpoint waits for its thread: a scrape being rendered finishes before the
+    /// drop returns, so nothing of the endpoint outlives its handle (the binary drops it once
+    /// the workers joined, then prints the summary).
+    #[test]
+    fn dropping_the_endpoint_waits_for_its_thread() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc};
+        let (began, beginning) = mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
+        let slow: Source = Box::new(move || {
+            let _ = began.send(());
+            thread::sleep(Duration::from_millis(100));
+            done.store(true, Ordering::SeqCst);
+            sample()
+        });
+        let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let metrics = Metrics::serve(listener, 2, slow).expect("serve");
+        let mut client = TcpStream::connect(addr).expect("connect");
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .expect("send the request");
+        beginning
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the scrape began");
+        drop(metrics);
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the drop returned while the thread was still rendering a scrape"
+        );
+    }
+
     #[test]
     fn the_endpoint_serves_and_stop_closes_its_listener() {
         let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
