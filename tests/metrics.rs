@@ -6,10 +6,11 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::process::{on_loopback, Process};
+use common::process::{lowest_descriptor_limit, on_loopback, Process};
 use common::{connect, echoes, eventually, small_window, IO_TIMEOUT};
 use epoll_echo::{Counter, Derived, Report};
 use prometheus_parse::{Scrape, Value};
@@ -500,4 +501,45 @@ fn a_scrape_larger_than_the_send_buffer_reaches_a_slow_reader_whole() {
         "{body} of {announced} bytes arrived, then {error:?}"
     );
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+}
+
+/// Out of descriptors, the endpoint cannot accept a scrape: it says so, then leaves its listener
+/// alone for the back-off (100 ms) before it tries again, instead of retrying at once. A scrape
+/// left waiting for a second after the first warning gets about ten more, where a retry without
+/// the back-off warns (or spins silently) thousands of times.
+#[test]
+fn out_of_descriptors_the_endpoint_warns_and_backs_off() {
+    let args = on_loopback(&["--metrics-addr", "127.0.0.1:0", "--maxListeners", "1"]);
+    let nofile = lowest_descriptor_limit(&args);
+    let mut server = Process::spawn_with(&args, Stdio::piped(), Stdio::piped(), Some(nofile));
+    server.listening();
+    let line = server.stderr_line_with("metrics on http://");
+    let metrics: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+    let mut waiting = connect(metrics);
+    waiting
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .expect("send the request");
+    let warning = "metrics endpoint: accept failed";
+    let first = server.stderr_line_with(warning);
+    assert!(first.contains(" WARN "), "{first}");
+    let cpu = server.cpu_time();
+    thread::sleep(Duration::from_secs(1));
+    let spent = server.cpu_time() - cpu;
+    let exit = server.terminate();
+    let warnings = exit.stderr.iter().filter(|l| l.contains(warning)).count();
+    let dropped = exit.stderr.iter().any(|l| l.contains("were dropped"));
+    println!("{warnings} warnings and {spent:?} of CPU in a second of back-off");
+    assert!(
+        warnings <= 30 && !dropped,
+        "{warnings} warnings (lines dropped: {dropped}) in about a second: no back-off"
+    );
+    assert!(
+        spent < Duration::from_millis(500),
+        "the endpoint spent {spent:?} of CPU in a second of back-off"
+    );
 }
