@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::process::{lowest_descriptor_limit, on_loopback, Process};
-use common::{connect, echoes, eventually, small_window, IO_TIMEOUT};
+use common::{connect, echoes, eventually, reset, small_window, IO_TIMEOUT};
 use epoll_echo::{Counter, Derived, Report};
 use prometheus_parse::{Scrape, Value};
 
@@ -541,5 +541,61 @@ fn out_of_descriptors_the_endpoint_warns_and_backs_off() {
     assert!(
         spent < Duration::from_millis(500),
         "the endpoint spent {spent:?} of CPU in a second of back-off"
+    );
+}
+
+/// A scraper that resets its connection, whether mid-request, while the response waits for room
+/// or after the response, is closed at once, not kept until its two-second deadline (a socket
+/// whose writes fail is always ready, so keeping it would also spin a core). Its descriptor is
+/// gone well before the deadline. In a private network namespace whose send buffers are capped
+/// at 16 KiB, so the response does wait for room; needs root, and says so when it skips (CI runs
+/// as root).
+#[test]
+fn a_scraper_that_resets_is_closed_at_once() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "skipped: needs root for a private network namespace and a sysctl (CI runs as root)"
+        );
+        return;
+    }
+    let request = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
+    let outcome = common::in_private_network(move || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_wmem", "4096 16384 16384")
+            .expect("cap the send buffers in the namespace");
+        let (server, _, metrics) = start(&["--maxListeners", "32"]);
+        let before = server.descriptors();
+        let accepted = Instant::now();
+        let mut mid_request = connect(metrics);
+        mid_request
+            .write_all(b"GET /met")
+            .expect("send half a request");
+        let mut waiting = small_window(metrics, 4096);
+        waiting.write_all(request).expect("send the request");
+        let mut after = connect(metrics);
+        after.write_all(request).expect("send the request");
+        let mut response = Vec::new();
+        after.read_to_end(&mut response).expect("read the response");
+        // Let the endpoint fill the small window and its send buffer.
+        thread::sleep(Duration::from_millis(100));
+        for stream in [mid_request, waiting, after] {
+            reset(stream);
+        }
+        let reset_at = accepted.elapsed();
+        let mut open = server.descriptors();
+        while open > before && accepted.elapsed() < Duration::from_millis(1500) {
+            thread::sleep(Duration::from_millis(5));
+            open = server.descriptors();
+        }
+        let closed_at = accepted.elapsed();
+        server.terminate().assert_clean();
+        (open - before, reset_at, closed_at)
+    });
+    let Some((left, reset_at, closed_at)) = outcome else {
+        panic!("root, yet no private network namespace: unshare(CLONE_NEWNET) or `ip` failed");
+    };
+    println!("reset at {reset_at:?} after connecting, closed by {closed_at:?}");
+    assert_eq!(
+        left, 0,
+        "{left} scrape(s) still open {closed_at:?} after connecting (reset at {reset_at:?})"
     );
 }
