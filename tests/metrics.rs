@@ -470,10 +470,7 @@ fn slow_scrape(metrics: SocketAddr) -> (usize, Vec<u8>, Option<std::io::Error>) 
 /// whatever the host's settings; needs root, and says so when it skips (CI runs as root).
 #[test]
 fn a_scrape_larger_than_the_send_buffer_reaches_a_slow_reader_whole() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "skipped: needs root for a private network namespace and a sysctl (CI runs as root)"
-        );
+    if !common::root_for_a_namespace() {
         return;
     }
     let scraped = common::in_private_network(|| {
@@ -552,10 +549,7 @@ fn out_of_descriptors_the_endpoint_warns_and_backs_off() {
 /// as root).
 #[test]
 fn a_scraper_that_resets_is_closed_at_once() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "skipped: needs root for a private network namespace and a sysctl (CI runs as root)"
-        );
+    if !common::root_for_a_namespace() {
         return;
     }
     let request = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";

@@ -135,3 +135,15 @@ pub fn in_private_network<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'sta
     .join()
     .expect("the namespace thread")
 }
+
+/// True when this process is root and so can make a private network namespace and set its
+/// sysctls; otherwise says that the test skips and why.
+pub fn root_for_a_namespace() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!(
+            "skipped: needs root for a private network namespace and a sysctl (CI runs as root)"
+        );
+    }
+    root
+}
